@@ -1,0 +1,53 @@
+"""safeload: load ML models as verified, data-only operations.
+
+The public face. Implementation lives in private modules under one folder per capability
+(``source``, ``signing``, ``formats``, ``policy``, ``sandbox``, ``convert``, ``integrations``);
+everything a user may rely on is re-exported here and listed in ``__all__``. Importing
+safeload never imports torch, onnx or sigstore: those load on first use.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from safeload.errors import (
+    FormatError,
+    LimitExceededError,
+    PolicyError,
+    PolicyViolation,
+    RefusedError,
+    SafeloadError,
+    SandboxError,
+    SourceError,
+    UnsafeModelError,
+    UnsupportedFormatError,
+    UsageError,
+    VerificationError,
+)
+from safeload.policy import Limits
+
+# --- core readers (issue 2) ---
+# --- policy (issue 3) ---
+# --- signing (issue 4) ---
+# --- sandbox (issue 5) ---
+
+__version__ = "0.1.0"
+
+logging.getLogger(__name__).addHandler(logging.NullHandler())
+
+__all__ = [
+    "FormatError",
+    "LimitExceededError",
+    "Limits",
+    "PolicyError",
+    "PolicyViolation",
+    "RefusedError",
+    "SafeloadError",
+    "SandboxError",
+    "SourceError",
+    "UnsafeModelError",
+    "UnsupportedFormatError",
+    "UsageError",
+    "VerificationError",
+    "__version__",
+]

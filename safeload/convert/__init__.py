@@ -1,0 +1,1 @@
+"""convert capability (see docs/architecture.md)."""

@@ -1,0 +1,1 @@
+"""formats capability (see docs/architecture.md)."""

@@ -1,0 +1,42 @@
+"""Values that flow from the pickle reader to the container readers.
+
+The pickle reader never touches tensor bytes. A persistent id becomes a :class:`StorageRef`
+(what the container says a storage is), and ``torch._utils._rebuild_tensor_v2`` and friends
+become :class:`TensorSpec` placeholders (a checked view description over a storage). The
+container reader then materialises every spec into a NumPy array or a torch tensor over the
+verified buffer. Keeping the two apart means a hostile pickle can describe, but never create,
+memory.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+__all__ = ["StorageRef", "TensorSpec"]
+
+
+@dataclass(frozen=True, slots=True)
+class StorageRef:
+    """A storage named by a persistent id: ``key`` is the record name inside the container."""
+
+    key: str
+    dtype: str
+    """Storage element type, as the torch name (``"float32"``, ``"bfloat16"``, ``"bool"``...)."""
+    numel: int
+    """Element count the pickle claims; readers check it against the record's real size."""
+    location: str = "cpu"
+
+
+@dataclass(frozen=True, slots=True)
+class TensorSpec:
+    """A strided view over a :class:`StorageRef`, validated to lie inside it."""
+
+    storage: StorageRef
+    offset: int
+    shape: tuple[int, ...]
+    stride: tuple[int, ...]
+    dtype: str
+    requires_grad: bool = False
+    kind: str = "tensor"
+    """``"tensor"`` or ``"parameter"`` (``torch.nn.Parameter`` wrappers are kept as a flag)."""
+    extra: dict[str, object] = field(default_factory=dict, compare=False)

@@ -1,0 +1,1 @@
+"""integrations capability (see docs/architecture.md)."""

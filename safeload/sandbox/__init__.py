@@ -1,0 +1,1 @@
+"""sandbox capability (see docs/architecture.md)."""

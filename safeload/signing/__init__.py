@@ -1,0 +1,1 @@
+"""signing capability (see docs/architecture.md)."""

@@ -1,0 +1,1 @@
+"""source capability (see docs/architecture.md)."""
