@@ -12,7 +12,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-__all__ = ["StorageRef", "TensorSpec"]
+__all__ = ["StorageRef", "StorageType", "TensorSpec"]
+
+
+@dataclass(frozen=True, slots=True)
+class StorageType:
+    """What an allowlisted storage class global (``torch.FloatStorage``...) stands for."""
+
+    dtype: str
+    """The torch dtype name (``"float32"``); ``"uint8"`` for ``torch.UntypedStorage``."""
 
 
 @dataclass(frozen=True, slots=True)
