@@ -30,6 +30,7 @@ from ._server import Knobs, Server, StandIn
 __all__ = ["TEST_ISSUER", "Knobs", "Running", "TestRoot"]
 
 TEST_ISSUER = "https://issuer.safeload.example"
+_NO_REKOR = "https://safeload-test.rekor.invalid"
 
 
 def _b64(data: bytes) -> str:
@@ -75,7 +76,7 @@ class TestRoot:
             claims["email_verified"] = True
         return jwt.encode(claims, self.oidc_key, algorithm="ES256")
 
-    def trusted_root(self, rekor_url: str = "https://safeload-test.rekor.invalid") -> dict[str, Any]:
+    def trusted_root(self, rekor_url: str = _NO_REKOR) -> dict[str, Any]:
         """The ``trusted_root.json`` document for this instance (verification material only)."""
         start = _stamp(self.ca.created)
 

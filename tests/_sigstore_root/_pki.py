@@ -72,8 +72,9 @@ class CertificateAuthority:
         default_factory=lambda: ec.generate_private_key(ec.SECP256R1())
     )
     created: dt.datetime = field(
-        default_factory=lambda: dt.datetime.now(dt.UTC).replace(microsecond=0)
-        - dt.timedelta(days=1)
+        default_factory=lambda: (
+            dt.datetime.now(dt.UTC).replace(microsecond=0) - dt.timedelta(days=1)
+        )
     )
 
     def __post_init__(self) -> None:

@@ -75,9 +75,7 @@ class StandIn:
         leaf = self.ca.issue(
             public_key, san=san, issuer=claims["iss"], not_before=now, sct_key=self.knobs.sct_key
         )
-        pems = [
-            c.public_bytes(serialization.Encoding.PEM).decode() for c in [leaf, *self.ca.chain]
-        ]
+        pems = [c.public_bytes(serialization.Encoding.PEM).decode() for c in [leaf, *self.ca.chain]]
         return {"signedCertificateEmbeddedSct": {"chain": {"certificates": pems}}}
 
     def rekor(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -85,9 +83,7 @@ class StandIn:
             raise ValueError(f"unsupported entry {body.get('kind')}/{body.get('apiVersion')}")
         entry = dsse_entry_body(body)
         when = int(dt.datetime.now(dt.UTC).timestamp()) + self.knobs.integrated_time_offset
-        return self.log.append(
-            entry, integrated_time=when, signing_key=self.knobs.log_signing_key
-        )
+        return self.log.append(entry, integrated_time=when, signing_key=self.knobs.log_signing_key)
 
 
 def _handler(stand_in: StandIn) -> type[BaseHTTPRequestHandler]:
