@@ -4,6 +4,8 @@
 its ``extends`` chain (tighten-only), and ``effective_policy`` finds the one that applies.
 """
 
+from safeload.policy._audit import AUDIT_LOGGER_NAME, audit, audit_unsafe_option
+from safeload.policy._decide import Candidate, Decision, RuleHit, decide, enforce, needs_sandbox
 from safeload.policy._limits import Limits
 from safeload.policy._load import effective_policy, load_policy, policy_files, provenance
 from safeload.policy._models import (
@@ -24,8 +26,11 @@ from safeload.policy._models import (
 )
 
 __all__ = [
+    "AUDIT_LOGGER_NAME",
     "POLICY_VERSION",
+    "Candidate",
     "CertificateSigner",
+    "Decision",
     "ExtraGlobal",
     "FormatName",
     "FormatsPolicy",
@@ -34,13 +39,19 @@ __all__ = [
     "OnnxPolicy",
     "PicklePolicy",
     "Policy",
+    "RuleHit",
     "SandboxPolicy",
     "Signer",
     "SigstoreSigner",
     "SourcesPolicy",
     "TrustPolicy",
+    "audit",
+    "audit_unsafe_option",
+    "decide",
     "effective_policy",
+    "enforce",
     "load_policy",
+    "needs_sandbox",
     "policy_files",
     "provenance",
 ]
