@@ -27,10 +27,34 @@ from ._log import TransparencyLog
 from ._pki import CertificateAuthority, key_id, spki_der
 from ._server import Knobs, Server, StandIn
 
-__all__ = ["TEST_ISSUER", "Knobs", "Running", "TestRoot"]
+__all__ = ["TEST_ISSUER", "Knobs", "Running", "TestRoot", "signer"]
 
 TEST_ISSUER = "https://issuer.safeload.example"
 _NO_REKOR = "https://safeload-test.rekor.invalid"
+
+
+@dataclass(frozen=True)
+class _Signer:
+    """Stand-in for ``safeload.policy.SigstoreSigner`` until the policy package exports it."""
+
+    identity: str | None
+    issuer: str
+    identity_regex: str | None = None
+    method: str = "sigstore"
+
+
+def signer(identity: str | None = None, *, issuer: str, identity_regex: str | None = None) -> Any:
+    """A trusted Sigstore signer, as the policy would produce it (the real model when present)."""
+    try:
+        from safeload.policy import SigstoreSigner  # type: ignore[attr-defined]
+    except ImportError:
+        return _Signer(identity=identity, issuer=issuer, identity_regex=identity_regex)
+    fields: dict[str, Any] = {"method": "sigstore", "issuer": issuer}
+    if identity is not None:
+        fields["identity"] = identity
+    if identity_regex is not None:
+        fields["identity_regex"] = identity_regex
+    return SigstoreSigner(**fields)
 
 
 def _b64(data: bytes) -> str:
