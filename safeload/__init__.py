@@ -26,7 +26,10 @@ from safeload.errors import (
 )
 from safeload.policy import Limits
 
+# isort: split
 # --- core readers (issue 2) ---
+from safeload.integrations._scan import FileResult, ScanReport, scan
+
 # --- policy (issue 3) ---
 # --- signing (issue 4) ---
 # --- sandbox (issue 5) ---
@@ -36,6 +39,7 @@ __version__ = "0.1.0"
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 __all__ = [
+    "FileResult",
     "FormatError",
     "LimitExceededError",
     "Limits",
@@ -44,10 +48,12 @@ __all__ = [
     "RefusedError",
     "SafeloadError",
     "SandboxError",
+    "ScanReport",
     "SourceError",
     "UnsafeModelError",
     "UnsupportedFormatError",
     "UsageError",
     "VerificationError",
     "__version__",
+    "scan",
 ]
