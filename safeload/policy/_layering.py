@@ -249,6 +249,11 @@ def _merge_leaves(
     for leaf in leaves:
         parent_value, child_value = _get(base.policy, leaf), _get(other, leaf)
         parent_from = base.provenance.get(leaf, DEFAULT_SOURCE)
+        parent_named = (
+            parent_from
+            if leaf in base.provenance
+            else f"the built-in default kept by {' + '.join(base.files)}"
+        )
         try:
             merged, loosens = _rule_for(leaf)(parent_value, child_value)
         except _ConflictError as exc:
@@ -256,15 +261,15 @@ def _merge_leaves(
                 f"{leaf}: conflicting values in layered policies",
                 rule=leaf,
                 path=other_source,
-                detail=f"{exc} ({other_source} vs {parent_from})",
+                detail=f"{exc} ({other_source} vs {parent_named})",
             ) from None
         if check and loosens is not None:
             raise PolicyError(
                 f"{leaf}: a child policy may only tighten its parent, and {other_source} "
-                f"loosens {parent_from}",
+                f"loosens {parent_named}",
                 rule=leaf,
                 path=other_source,
-                detail=f"{other_source} {loosens} (parent value from {parent_from})",
+                detail=f"{other_source} {loosens} (parent value from {parent_named})",
             )
         values[leaf] = merged
         if merged == child_value and merged != parent_value:
