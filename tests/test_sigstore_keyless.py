@@ -169,18 +169,20 @@ def test_tampered_payload_refused(running: Running) -> None:
 
 
 def test_tampered_log_entry_refused(running: Running) -> None:
+    """Moving the integrated time by two seconds (still inside the cert) breaks the SET."""
     bundle = sign_sigstore(
         STATEMENT, identity_token=running.root.token(), trust_config=running.trust_config
     )
 
     def backdate(doc: dict[str, dict[str, list[dict[str, str]]]]) -> None:
         entry = doc["verificationMaterial"]["tlogEntries"][0]
-        entry["integratedTime"] = str(int(entry["integratedTime"]) - 60)
+        entry["integratedTime"] = str(int(entry["integratedTime"]) - 2)
 
-    with pytest.raises(VerificationError):
+    with pytest.raises(VerificationError) as info:
         verify_sigstore(
             _edit(bundle, backdate), signers=[TRUSTED], trust_config=running.trust_config
         )
+    assert "inclusion promise" in (info.value.detail or "")
 
 
 def test_certificate_expired_at_signing_time_refused(running: Running) -> None:
@@ -194,6 +196,7 @@ def test_certificate_expired_at_signing_time_refused(running: Running) -> None:
     with pytest.raises(VerificationError) as info:
         verify_sigstore(bundle, signers=[TRUSTED], trust_config=running.trust_config)
     assert info.value.rule == "signature.sigstore"
+    assert "not valid" in (info.value.detail or "")
 
 
 def test_entry_signed_by_foreign_log_key_refused(running: Running) -> None:
