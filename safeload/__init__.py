@@ -32,6 +32,8 @@ from safeload.integrations._scan import FileResult, ScanReport, scan
 
 # --- policy (issue 3) ---
 # --- signing (issue 4) ---
+from safeload.signing import VerifiedFile, VerifiedModel, hash_model, sign, verify
+
 # --- sandbox (issue 5) ---
 
 __version__ = "0.1.0"
@@ -54,6 +56,11 @@ __all__ = [
     "UnsupportedFormatError",
     "UsageError",
     "VerificationError",
+    "VerifiedFile",
+    "VerifiedModel",
     "__version__",
+    "hash_model",
     "scan",
+    "sign",
+    "verify",
 ]

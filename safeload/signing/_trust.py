@@ -102,7 +102,7 @@ def settings_from_policy(policy: Any) -> TrustSettings:
         return policy
     if policy is None or isinstance(policy, str | os.PathLike):
         try:
-            from safeload.policy import effective_policy  # type: ignore[attr-defined,unused-ignore]
+            from safeload.policy import effective_policy
         except ImportError:
             if policy is not None:
                 raise UsageError("policy files need safeload.policy, which is not available",

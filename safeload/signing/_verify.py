@@ -16,7 +16,6 @@ call's and the policy's) make a present file disappear from the report as well.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 from collections.abc import Iterable, Sequence
@@ -37,7 +36,6 @@ from safeload.source import ModelEntry, list_model_files, path_matcher, resolve_
 __all__ = ["relative_ignore_paths", "verify", "verify_signature_file"]
 
 logger = logging.getLogger(__name__)
-_audit = logging.getLogger("safeload.audit")
 
 
 def relative_ignore_paths(root: Path, paths: Iterable[str | os.PathLike[str]]) -> list[str]:
@@ -201,7 +199,11 @@ def verify(
             raise UsageError("unsafe_mmap is refused by the policy", rule="trust.allow_unsafe_mmap",
                              detail="mapped files can change after verification")
         keep = "mmap"
-        _audit.warning(json.dumps({"event": "unsafe_mmap", "path": str(root)}))
+        from safeload.policy import audit_unsafe_option
+
+        audit_unsafe_option("unsafe_mmap", "verified files are mapped, not copied: an in-place "
+                            "write after verification changes what is loaded", path=str(root),
+                            policy=settings.policy)
     sig_paths = [Path(signature) if signature is not None else root / "model.sig"]
     sig_paths += [Path(s) for s in signatures]
 
