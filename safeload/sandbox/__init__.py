@@ -1,1 +1,27 @@
-"""sandbox capability (see docs/architecture.md)."""
+"""The sandbox: parse untrusted model bytes in a worker that can only read its input and answer.
+
+Public face of the capability; the machinery lives in private modules:
+
+- :mod:`._runner` the parent side (spawn, deadline, validate the reply and the result);
+- :mod:`._worker` the worker process and its fixed task registry;
+- :mod:`._layers` the five layers in order (``rlimits``, ``no_new_privs``, ``namespaces``,
+  ``landlock``, ``seccomp``), one module each;
+- :mod:`._transport` the memfd result channel (safetensors + a JSON skeleton);
+- :mod:`._doctor` what this machine supports (``safeload doctor``).
+"""
+
+from __future__ import annotations
+
+from safeload.sandbox._doctor import DoctorReport, doctor
+from safeload.sandbox._layers import LAYERS, LayerReport
+from safeload.sandbox._runner import SandboxResult, run_in_sandbox, sandboxed_read
+
+__all__ = [
+    "LAYERS",
+    "DoctorReport",
+    "LayerReport",
+    "SandboxResult",
+    "doctor",
+    "run_in_sandbox",
+    "sandboxed_read",
+]

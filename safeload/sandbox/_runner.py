@@ -1,0 +1,390 @@
+"""The parent side: start a worker, hold the deadline, read its reply as untrusted input.
+
+The worker is a fresh ``python -I`` started with ``posix_spawn`` (no fork of the caller, so no
+inherited locks, threads, or secrets in memory) in its own session, so the deadline can kill
+the whole group. Its only inputs are descriptors: a request memfd, the already-open input
+files, and memfds for the log, the reply and the result. Everything that comes back is checked
+before use: the reply is bounded JSON whose error types come from a fixed list, and the result
+goes through :func:`safeload.sandbox._transport.decode_result`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import math
+import os
+import select
+import signal
+import stat
+import sys
+import time
+from collections.abc import Collection, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from safeload import errors
+from safeload.errors import LimitExceededError, SafeloadError, SandboxError, SourceError
+from safeload.policy import Limits
+from safeload.sandbox import _layers, _transport, _worker
+from safeload.sandbox._layers import LayerReport
+from safeload.sandbox._rlimits import RlimitPlan
+
+__all__ = ["SandboxResult", "run_in_sandbox", "sandboxed_read"]
+
+_log = logging.getLogger(__name__)
+_audit = logging.getLogger("safeload.audit")
+
+_GiB = 1 << 30
+_MiB = 1 << 20
+_BASE_ADDRESS_SPACE = 2 * _GiB  # interpreter + numpy + safetensors, with room for a parser
+_MAX_REPLY = 1 << 20
+_LOG_TAIL = 2000
+DEFAULT_TIMEOUT = 600.0
+
+
+@dataclass(frozen=True, slots=True)
+class SandboxResult:
+    """What a sandboxed task returned, and how the worker was confined while it ran."""
+
+    value: object
+    """The task's value (a state dict...), arrays/tensors built over the result mapping."""
+    tensors: Mapping[str, Any]
+    """Every array in ``value``, by its transport name."""
+    meta: Mapping[str, Any]
+    """Small JSON facts from the task (the detected format...)."""
+    layers: tuple[LayerReport, ...]
+    """One report per layer, in the order the worker applied them."""
+    worker_max_rss: int
+    """The worker's peak resident set, in bytes (from ``wait4``, not from the worker)."""
+    seconds: float
+    """Wall time from spawn to a validated result."""
+
+
+def _memfd(name: str, data: bytes = b"", *, sealable: bool = False) -> int:
+    flags = os.MFD_CLOEXEC | (os.MFD_ALLOW_SEALING if sealable else 0)
+    fd = os.memfd_create(f"safeload-{name}", flags)
+    if data:
+        os.write(fd, data)
+    return fd
+
+
+def _read_fd(fd: int, limit: int) -> bytes:
+    size = os.fstat(fd).st_size
+    return os.pread(fd, min(size, limit), 0) if size else b""
+
+
+def _tail(fd: int) -> str:
+    size = os.fstat(fd).st_size
+    start = max(0, size - _LOG_TAIL)
+    return os.pread(fd, size - start, start).decode("utf-8", "replace").strip()
+
+
+def _open_inputs(inputs: Sequence[Path], limits: Limits) -> tuple[list[int], int]:
+    fds: list[int] = []
+    total = 0
+    try:
+        for path in inputs:
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+            except OSError as exc:
+                raise SourceError(f"cannot open sandbox input: {exc.strerror}", path=str(path),
+                                  rule="sandbox.inputs") from exc  # fmt: skip
+            fds.append(fd)
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise SourceError("sandbox input is not a regular file", path=str(path),
+                                  rule="sandbox.inputs")  # fmt: skip
+            if st.st_size > limits.max_file_bytes:
+                raise LimitExceededError(
+                    "file is larger than limits.max_file_bytes",
+                    path=str(path),
+                    rule="limits.max_file_bytes",
+                )
+            total += st.st_size
+        if total > limits.max_total_bytes:
+            raise LimitExceededError(
+                "inputs exceed limits.max_total_bytes", rule="limits.max_total_bytes"
+            )
+    except BaseException:
+        for fd in fds:
+            os.close(fd)
+        raise
+    return fds, total
+
+
+def _worker_env() -> dict[str, str]:
+    # Nothing from the caller's environment but what tests set on purpose: no tokens, no proxies.
+    env = {
+        "PATH": os.defpath,
+        "LANG": "C.UTF-8",
+        "OPENBLAS_NUM_THREADS": "1",
+        "OMP_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+        "MALLOC_ARENA_MAX": "2",
+    }
+    extra = os.environ.get(_worker.TEST_TASKS_ENV)
+    if extra:
+        env[_worker.TEST_TASKS_ENV] = extra
+    return env
+
+
+@contextlib.contextmanager
+def _closing(fds: list[int]) -> Iterator[list[int]]:
+    try:
+        yield fds
+    finally:
+        for fd in fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+def _spawn(slots: Sequence[int], high: list[int]) -> int:
+    """posix_spawn the worker with ``slots[i]`` as its descriptor ``i`` (and 1 = 2 = log)."""
+    # Move every source above the target range first: dup2(fd, fd) would keep CLOEXEC set.
+    floor = max(64, len(slots) + 8)
+    for fd in slots:
+        high.append(_dup_high(fd, floor))
+    actions: list[tuple[Any, ...]] = [(os.POSIX_SPAWN_DUP2, h, i) for i, h in enumerate(high)]
+    actions.append((os.POSIX_SPAWN_DUP2, high[_worker.FD_LOG], 1))
+    argv = [sys.executable, "-I", "-m", "safeload.sandbox._worker"]
+    return os.posix_spawn(sys.executable, argv, _worker_env(), file_actions=actions, setsid=True)
+
+
+def _dup_high(fd: int, floor: int) -> int:
+    return fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, floor)
+
+
+def _wait(pid: int, timeout: float) -> tuple[int, Any, bool]:
+    """Wait for the worker until the deadline; kill its whole session after. -> status, rusage."""
+    pidfd = os.pidfd_open(pid)
+    try:
+        poller = select.poll()
+        poller.register(pidfd, select.POLLIN)
+        timed_out = not poller.poll(max(0, int(timeout * 1000)))
+        if timed_out:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
+        _, status, usage = os.wait4(pid, 0)
+    finally:
+        os.close(pidfd)
+    return status, usage, timed_out
+
+
+def _raise_for_status(status: int, usage: Any, timed_out: bool, plan: RlimitPlan, log: str) -> None:
+    detail = f"worker log: {log}" if log else None
+    if timed_out:
+        raise SandboxError("the sandbox worker missed its deadline and was killed",
+                           rule="sandbox.timeout", detail=detail)  # fmt: skip
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        cpu = usage.ru_utime + usage.ru_stime
+        if sig == signal.SIGXCPU or (sig == signal.SIGKILL and cpu >= plan.cpu_seconds):
+            raise LimitExceededError(
+                f"the worker used its {plan.cpu_seconds} s of CPU time and was stopped",
+                rule="sandbox.cpu_seconds",
+                detail="stopped by the rlimits layer (RLIMIT_CPU)",
+            )
+        if sig == signal.SIGXFSZ:
+            raise LimitExceededError(
+                "the worker tried to write more than its output limit",
+                rule="sandbox.max_output_bytes",
+                detail="stopped by the rlimits layer (RLIMIT_FSIZE)",
+            )
+        name = signal.Signals(sig).name
+        if sig == signal.SIGSYS:
+            detail = "killed by the seccomp layer (wrong architecture or ABI)"
+        raise SandboxError(f"the sandbox worker was killed by {name}", rule="sandbox.crash",
+                           detail=detail)  # fmt: skip
+    code = os.WEXITSTATUS(status)
+    if code != 0:
+        raise SandboxError(f"the sandbox worker exited with status {code}", rule="sandbox.crash",
+                           detail=detail)  # fmt: skip
+
+
+_ERROR_TYPES: dict[str, type[SafeloadError]] = {
+    name: cls
+    for name in errors.__all__
+    if isinstance(cls := getattr(errors, name), type) and issubclass(cls, SafeloadError)
+}
+
+
+def _rebuild_error(raw: object, path: str | None) -> SafeloadError:
+    """Re-raise the worker's refusal as the same class; anything odd is a SandboxError."""
+    if not isinstance(raw, dict):
+        return SandboxError("worker sent a malformed error", rule="sandbox.protocol")
+    cls = _ERROR_TYPES.get(str(raw.get("type")), SandboxError)
+
+    def text(key: str) -> str | None:
+        value = raw.get(key)
+        return value[:2000] if isinstance(value, str) else None
+
+    offset = raw.get("offset")
+    exc = cls(
+        text("message") or "the sandbox worker refused the input",
+        path=text("path") or path,
+        rule=text("rule"),
+        offset=offset if isinstance(offset, int) and not isinstance(offset, bool) else None,
+        detail=text("detail"),
+        code=text("code"),
+    )
+    return exc
+
+
+def _parse_reply(fd: int, log_fd: int) -> dict[str, Any]:
+    try:
+        reply = json.loads(_read_fd(fd, _MAX_REPLY))
+    except (ValueError, RecursionError) as exc:
+        raise SandboxError("the sandbox worker sent no valid reply", rule="sandbox.protocol",
+                           detail=_tail(log_fd) or None) from exc  # fmt: skip
+    if not isinstance(reply, dict) or not isinstance(reply.get("layers"), list):
+        raise SandboxError("the sandbox worker sent a malformed reply", rule="sandbox.protocol")
+    return reply
+
+
+def _audit_skip(task: str, skip: Collection[str]) -> None:
+    event = {"event": "sandbox.unsafe_skip_layers", "task": task, "layers": sorted(skip)}
+    _audit.warning(json.dumps(event))
+    _log.warning("sandbox layers skipped on request (unsafe_skip_layers): %s", sorted(skip))
+
+
+def _default_plan(
+    limits: Limits,
+    total_in: int,
+    n_inputs: int,
+    timeout: float,
+    memory_bytes: int | None,
+    cpu_seconds: int | None,
+    max_output_bytes: int | None,
+) -> RlimitPlan:
+    out = max_output_bytes
+    if out is None:
+        out = min(4 * total_in + 64 * _MiB, max(limits.max_total_bytes, 64 * _MiB))
+    return RlimitPlan(
+        address_space=memory_bytes or (_BASE_ADDRESS_SPACE + 2 * total_in),
+        cpu_seconds=cpu_seconds or max(1, math.ceil(timeout)),
+        file_size=out,
+        open_files=_worker.FIRST_INPUT_FD + n_inputs + 32,
+    )
+
+
+def run_in_sandbox(
+    task: str,
+    inputs: Sequence[Path],
+    *,
+    limits: Limits,
+    required_layers: Collection[str] = (),
+    timeout: float = DEFAULT_TIMEOUT,
+    framework: Literal["numpy", "torch"] = "numpy",
+    output_dir: Path | None = None,
+    params: Mapping[str, Any] | None = None,
+    memory_bytes: int | None = None,
+    cpu_seconds: int | None = None,
+    max_output_bytes: int | None = None,
+    unsafe_skip_layers: Collection[str] = (),
+) -> SandboxResult:
+    """Run registered ``task`` on ``inputs`` in a fresh, confined worker; validate what returns.
+
+    Every layer this machine offers is applied; ``required_layers`` (policy
+    ``sandbox.required_layers``) must all be applied or this raises ``SandboxError`` with
+    ``rule="sandbox.required_layers"`` before any input byte is parsed. ``memory_bytes``,
+    ``cpu_seconds`` and ``max_output_bytes`` override the worker's rlimits (defaults scale with
+    the input size). ``unsafe_skip_layers`` exists for tests of the layers themselves: it is
+    logged to the ``safeload.audit`` logger every time it is used.
+    """
+    started = time.monotonic()
+    required = _layers.check_layer_names(required_layers, "sandbox.required_layers")
+    skip = _layers.check_layer_names(unsafe_skip_layers, "sandbox.unsafe_skip_layers")
+    if skip:
+        _audit_skip(task, skip)
+    for report in _layers.detect_all():
+        if report.name in required and not report.available:
+            raise SandboxError(
+                f"required sandbox layer {report.name!r} is not available on this machine",
+                rule="sandbox.required_layers",
+                detail=f"{report.name}: {report.reason}",
+            )
+    paths = [Path(p) for p in inputs]
+    out_dir = None if output_dir is None else Path(output_dir).resolve()
+    input_fds, total_in = _open_inputs(paths, limits)
+    plan = _default_plan(
+        limits, total_in, len(paths), timeout, memory_bytes, cpu_seconds, max_output_bytes
+    )
+    request = {
+        "version": _worker.PROTOCOL_VERSION,
+        "task": task,
+        "inputs": [{"name": p.name, "path": str(p.resolve())} for p in paths],
+        "output_dir": None if out_dir is None else str(out_dir),
+        "limits": limits.model_dump(),
+        "rlimits": asdict(plan),
+        "required_layers": sorted(required),
+        "skip_layers": sorted(skip),
+        "params": dict(params or {}),
+    }
+    first = str(paths[0]) if paths else None
+    with _closing(input_fds), _closing([]) as own, _closing([]) as high:
+        req_fd = _memfd("request", json.dumps(request).encode())
+        log_fd = _memfd("log")
+        reply_fd = _memfd("reply")
+        result_fd = _memfd("result", sealable=True)
+        own += [req_fd, log_fd, reply_fd, result_fd]
+        slots = [req_fd, log_fd, log_fd, reply_fd, result_fd, *input_fds]
+        try:
+            pid = _spawn(slots, high)
+        except OSError as exc:
+            raise SandboxError("could not start the sandbox worker", rule="sandbox.spawn",
+                               detail=str(exc)) from exc  # fmt: skip
+        for fd in high:
+            os.close(fd)
+        high.clear()
+        status, usage, timed_out = _wait(pid, timeout)
+        _raise_for_status(status, usage, timed_out, plan, _tail(log_fd))
+        reply = _parse_reply(reply_fd, log_fd)
+        reports = tuple(LayerReport.from_dict(r) for r in reply["layers"])
+        if reply.get("ok") is not True:
+            raise _rebuild_error(reply.get("error"), first)
+        applied = {r.name for r in reports if r.applied}
+        if not required <= applied:  # the worker should have refused already; never trust that
+            raise SandboxError("the worker ran without a required layer",
+                               rule="sandbox.required_layers",
+                               detail=", ".join(sorted(required - applied)))  # fmt: skip
+        _transport.seal(result_fd)
+        value, tensors, meta = _transport.decode_result(
+            result_fd, limits=limits, framework=framework, max_bytes=plan.file_size
+        )
+    return SandboxResult(
+        value=value,
+        tensors=tensors,
+        meta=meta,
+        layers=reports,
+        worker_max_rss=int(usage.ru_maxrss) * 1024,
+        seconds=time.monotonic() - started,
+    )
+
+
+def sandboxed_read(
+    path: Path | str,
+    *,
+    limits: Limits,
+    framework: Literal["torch", "numpy"] = "torch",
+    required_layers: Collection[str] = (),
+    timeout: float = DEFAULT_TIMEOUT,
+) -> object:
+    """``safeload.formats.read`` of one file, done in the worker; returns the loaded object.
+
+    The loader's one-line call when policy says sandbox:
+    ``sandboxed_read(path, limits=policy.limits, framework=framework,
+    required_layers=policy.sandbox.required_layers)``.
+    """
+    result = run_in_sandbox(
+        "read",
+        [Path(path)],
+        limits=limits,
+        required_layers=required_layers,
+        timeout=timeout,
+        framework=framework,
+    )
+    return result.value

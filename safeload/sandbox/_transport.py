@@ -1,0 +1,313 @@
+"""The result channel: safetensors bytes in a memfd, written by the worker, checked by the parent.
+
+Threat model: the worker parses hostile bytes, so the parent treats everything it writes as
+hostile too. The parent seals the memfd once the worker is dead (no one can change it under
+the tensors), checks the header with the safetensors library's own parser *and* with the
+checks below (known dtypes, sizes that match shapes, no overlaps, everything inside the file,
+limits from the policy), then builds arrays directly over a private mapping: no copy of tensor
+data on either side. The worker writes with ``os.write`` from its arrays' buffers, so it never
+maps the memfd either.
+
+Non-tensor structure (the state dict's nesting, ints, strings...) travels as a JSON *skeleton*
+in the safetensors metadata. Every JSON object in it is a one-key tag, so nothing is ambiguous:
+``{"$t": name}`` a tensor, ``{"$d": [[k, v], ...]}`` a dict (any hashable keys, order kept),
+``{"$od": ...}`` an OrderedDict, ``{"$tu": [...]}`` a tuple, ``{"$f": "nan"}`` a non-finite
+float, ``{"$b": base64}`` bytes, ``{"$s": name}`` a NumPy scalar. JSON lists are lists.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import collections
+import fcntl
+import itertools
+import json
+import math
+import mmap
+import os
+from collections.abc import Iterator
+from typing import Any, Literal
+
+import numpy as np
+
+from safeload.errors import SandboxError
+from safeload.formats._dtypes import DTYPES, SAFETENSORS_DTYPES, torch_dtype
+from safeload.policy import Limits
+
+__all__ = ["decode_result", "encode_result", "seal"]
+
+_SKELETON_KEY = "safeload.skeleton"
+_META_KEY = "safeload.meta"
+_MAX_HEADER = 100 << 20
+_ALIGN = 64
+
+_NAME_BY_NUMPY: dict[np.dtype[Any], str] = {}
+_ST_BY_TORCH = {torch: st for st, torch in SAFETENSORS_DTYPES.items()}
+for _name, _dt in DTYPES.items():
+    if _dt.numpy is not None and _name in _ST_BY_TORCH:
+        _NAME_BY_NUMPY.setdefault(_dt.numpy, _name)
+
+
+def _protocol(message: str, detail: str | None = None) -> SandboxError:
+    return SandboxError(message, rule="sandbox.result", detail=detail)
+
+
+# --- worker side ------------------------------------------------------------------------------
+
+
+class _Encoder:
+    def __init__(self) -> None:
+        self.arrays: dict[str, np.ndarray[Any, Any]] = {}
+        self._by_id: dict[int, str] = {}
+
+    def _tensor(self, arr: np.ndarray[Any, Any]) -> str:
+        name = self._by_id.get(id(arr))
+        if name is None:
+            name = f"t{len(self.arrays)}"
+            self._by_id[id(arr)] = name
+            self.arrays[name] = arr
+        return name
+
+    def encode(self, value: object) -> Any:
+        if value is None or isinstance(value, bool | int | str):
+            return value
+        if isinstance(value, float):
+            return value if math.isfinite(value) else {"$f": repr(value)}
+        if isinstance(value, np.ndarray):
+            return {"$t": self._tensor(value)}
+        if isinstance(value, np.generic):
+            return {"$s": self._tensor(np.asarray(value))}
+        if isinstance(value, bytes | bytearray):
+            return {"$b": base64.b64encode(value).decode("ascii")}
+        if isinstance(value, list):
+            return [self.encode(v) for v in value]
+        if isinstance(value, tuple):
+            return {"$tu": [self.encode(v) for v in value]}
+        if isinstance(value, dict):
+            tag = "$od" if isinstance(value, collections.OrderedDict) else "$d"
+            return {tag: [[self.encode(k), self.encode(v)] for k, v in value.items()]}
+        raise SandboxError(
+            f"the worker cannot send a {type(value).__name__} back",
+            rule="sandbox.result",
+            detail="only dicts, lists, tuples, numbers, strings, bytes and arrays cross",
+        )
+
+
+def _write_all(fd: int, data: memoryview) -> None:
+    while data:
+        n = os.write(fd, data)
+        data = data[n:]
+
+
+def encode_result(fd: int, value: object, meta: dict[str, Any]) -> None:
+    """Write ``value`` as safetensors bytes to ``fd`` (worker side), without copying arrays."""
+    enc = _Encoder()
+    skeleton = enc.encode(value)
+    # Largest item size first, so every tensor stays aligned to its element size.
+    order = sorted(enc.arrays, key=lambda n: -enc.arrays[n].dtype.itemsize)
+    header: dict[str, Any] = {}
+    offset = 0
+    for name in order:
+        arr = enc.arrays[name]
+        if arr.dtype.byteorder == ">":  # a big-endian .npy: send the same values little-endian
+            arr = enc.arrays[name] = arr.astype(arr.dtype.newbyteorder("<"))
+        tname = _NAME_BY_NUMPY.get(arr.dtype)
+        if tname is None:
+            raise _protocol(f"dtype {arr.dtype} cannot be sent back from the worker")
+        size = arr.nbytes
+        header[name] = {
+            "dtype": _ST_BY_TORCH[tname],
+            "shape": list(arr.shape),
+            "data_offsets": [offset, offset + size],
+        }
+        offset += size
+    header["__metadata__"] = {
+        _SKELETON_KEY: json.dumps(skeleton, allow_nan=False),
+        _META_KEY: json.dumps(meta, allow_nan=False),
+    }
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-(8 + len(raw)) % _ALIGN)
+    os.lseek(fd, 0, os.SEEK_SET)
+    _write_all(fd, memoryview(len(raw).to_bytes(8, "little") + raw))
+    for name in order:
+        arr = enc.arrays[name]
+        if arr.nbytes:
+            flat = np.ascontiguousarray(arr).reshape(-1).view(np.uint8)
+            _write_all(fd, flat.data)
+
+
+# --- parent side ------------------------------------------------------------------------------
+
+
+def seal(fd: int) -> None:
+    """Freeze the memfd: after this nobody (the worker's leftovers included) can change it."""
+    fcntl.fcntl(
+        fd,
+        fcntl.F_ADD_SEALS,
+        fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SEAL,
+    )
+
+
+def _check_with_safetensors(fd: int) -> None:
+    """Let the safetensors library parse the same header: two independent parsers must agree."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(f"/proc/self/fd/{fd}", framework="numpy") as f:
+            f.keys()
+            f.metadata()
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise _protocol("the worker's result is not valid safetensors", str(exc)) from exc
+
+
+class _Decoder:
+    def __init__(self, tensors: dict[str, Any], limits: Limits, framework: str) -> None:
+        self.tensors = tensors
+        self.used: set[str] = set()
+        self.limits = limits
+        self.items = 0
+        self.framework = framework
+
+    def _ref(self, name: object) -> Any:
+        if not isinstance(name, str) or name not in self.tensors:
+            raise _protocol("skeleton names a tensor that is not in the result")
+        self.used.add(name)
+        return self.tensors[name]
+
+    def decode(self, node: Any, depth: int = 0) -> Any:
+        if depth > self.limits.max_nesting_depth:
+            raise _protocol("skeleton nests deeper than limits.max_nesting_depth")
+        self.items += 1
+        if self.items > self.limits.max_container_items:
+            raise _protocol("skeleton has more items than limits.max_container_items")
+        if node is None or isinstance(node, bool | int | float | str):
+            return node
+        if isinstance(node, list):
+            return [self.decode(v, depth + 1) for v in node]
+        if not isinstance(node, dict) or len(node) != 1:
+            raise _protocol("malformed skeleton node")
+        ((tag, body),) = node.items()
+        if tag == "$t":
+            return self._ref(body)
+        if tag == "$s":
+            arr = self._ref(body)
+            return arr[()] if self.framework == "numpy" else arr
+        if tag == "$tu" and isinstance(body, list):
+            return tuple(self.decode(v, depth + 1) for v in body)
+        if tag in ("$d", "$od") and isinstance(body, list):
+            out: dict[Any, Any] = {} if tag == "$d" else collections.OrderedDict()
+            for pair in body:
+                if not isinstance(pair, list) or len(pair) != 2:
+                    raise _protocol("malformed dict entry in skeleton")
+                key = self.decode(pair[0], depth + 1)
+                try:
+                    out[key] = self.decode(pair[1], depth + 1)
+                except TypeError as exc:  # an unhashable key
+                    raise _protocol("unhashable dict key in skeleton") from exc
+            return out
+        if tag == "$f" and body in ("nan", "inf", "-inf"):
+            return float(body)
+        if tag == "$b" and isinstance(body, str):
+            try:
+                return base64.b64decode(body, validate=True)
+            except binascii.Error as exc:
+                raise _protocol("bad base64 in skeleton") from exc
+        raise _protocol(f"unknown skeleton tag {tag!r}")
+
+
+def _entries(
+    header: dict[str, Any], data_len: int, limits: Limits
+) -> Iterator[tuple[str, str, tuple[int, ...], int, int]]:
+    spans = []
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
+            raise _protocol(f"bad header entry for {name!r}")
+        st, shape, offs = entry["dtype"], entry["shape"], entry["data_offsets"]
+        tname = SAFETENSORS_DTYPES.get(st) if isinstance(st, str) else None
+        if tname is None:
+            raise _protocol(f"unknown dtype {st!r} for {name!r}")
+        if (
+            not isinstance(shape, list)
+            or len(shape) > limits.max_tensor_dims
+            or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
+        ):
+            raise _protocol(f"bad shape for {name!r}")
+        if (
+            not isinstance(offs, list)
+            or len(offs) != 2
+            or not all(isinstance(o, int) and not isinstance(o, bool) for o in offs)
+            or not 0 <= offs[0] <= offs[1] <= data_len
+        ):
+            raise _protocol(f"bad data offsets for {name!r}")
+        numel = math.prod(shape)
+        if numel > limits.max_tensor_elements:
+            raise _protocol(f"{name!r} exceeds limits.max_tensor_elements")
+        if numel * DTYPES[tname].itemsize != offs[1] - offs[0]:
+            raise _protocol(f"{name!r}: size does not match shape and dtype")
+        spans.append((offs[0], offs[1], name))
+        yield name, tname, tuple(shape), offs[0], offs[1]
+    spans.sort()
+    for (_, end, a), (start, _, b) in itertools.pairwise(spans):
+        if start < end:
+            raise _protocol(f"tensors {a!r} and {b!r} overlap")
+
+
+def decode_result(
+    fd: int,
+    *,
+    limits: Limits,
+    framework: Literal["numpy", "torch"],
+    max_bytes: int,
+) -> tuple[object, dict[str, Any], dict[str, Any]]:
+    """Validate and map a sealed result memfd: ``(value, tensors by name, task metadata)``."""
+    size = os.fstat(fd).st_size
+    if not 8 <= size <= max_bytes:
+        raise _protocol(f"result size {size} outside [8, {max_bytes}]")
+    _check_with_safetensors(fd)
+    mm = mmap.mmap(fd, size, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+    n = int.from_bytes(mm[:8], "little")
+    if not 0 < n <= min(size - 8, _MAX_HEADER):
+        raise _protocol("result header length out of range")
+    try:
+        header = json.loads(bytes(mm[8 : 8 + n]))
+    except (ValueError, RecursionError) as exc:
+        raise _protocol("result header is not JSON", str(exc)) from exc
+    if not isinstance(header, dict) or len(header) - 1 > limits.max_tensors:
+        raise _protocol("result header is not an object or lists too many tensors")
+    meta = header.get("__metadata__")
+    if not isinstance(meta, dict) or set(meta) != {_SKELETON_KEY, _META_KEY}:
+        raise _protocol("result metadata is missing the skeleton")
+    start = 8 + n
+    tensors: dict[str, Any] = {}
+    for name, tname, shape, b, _e in list(_entries(header, size - start, limits)):
+        numel = math.prod(shape)
+        if framework == "torch":
+            import torch
+
+            tdt = torch_dtype(tname)
+            if numel == 0:
+                tensors[name] = torch.empty(shape, dtype=tdt)
+            else:
+                tensors[name] = torch.frombuffer(
+                    mm, dtype=tdt, count=numel, offset=start + b
+                ).reshape(shape)
+        else:
+            npdt = DTYPES[tname].require_numpy()
+            tensors[name] = np.frombuffer(mm, dtype=npdt, count=numel, offset=start + b).reshape(
+                shape
+            )
+    try:
+        skeleton = json.loads(meta[_SKELETON_KEY])
+        task_meta = json.loads(meta[_META_KEY])
+    except (ValueError, RecursionError, TypeError) as exc:
+        raise _protocol("result skeleton is not JSON", str(exc)) from exc
+    decoder = _Decoder(tensors, limits, framework)
+    value = decoder.decode(skeleton)
+    if decoder.used != set(tensors):
+        raise _protocol("result carries tensors the skeleton does not use")
+    if not isinstance(task_meta, dict):
+        raise _protocol("task metadata is not an object")
+    return value, tensors, task_meta

@@ -1,0 +1,230 @@
+"""The sandboxed worker: ``python -I -m safeload.sandbox._worker``, started fresh for every job.
+
+A new interpreter (spawn-style, not fork) inherits nothing from the caller but five descriptors:
+
+====  ==========================================================================
+fd    use
+====  ==========================================================================
+0     request (a memfd holding JSON: task name, inputs, limits, layers)
+1, 2  log (a memfd; the parent shows its tail when something goes wrong)
+3     reply (a memfd: JSON with the layer reports and either ``ok`` or an error)
+4     result (a memfd: safetensors bytes, see :mod:`safeload.sandbox._transport`)
+5...  the input files, opened by the parent (the worker never re-opens a path)
+====  ==========================================================================
+
+The worker applies the layers (:mod:`safeload.sandbox._layers`) in order, importing every
+module it may need *before* Landlock and seccomp (after them, a lazy import could not read its
+``.py`` file), then runs one task from a fixed registry. Nothing is ever unpickled: requests
+and replies are JSON, results are safetensors.
+
+Tasks are looked up by name in :data:`TASKS`. Tests may add tasks by naming a Python file in
+``SAFELOAD_SANDBOX_TEST_TASKS`` in the *parent's* environment; a model file cannot set
+environment variables, so it can never reach those.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+import mmap
+import os
+import pkgutil
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from safeload.errors import LimitExceededError, SafeloadError, SandboxError
+from safeload.policy import Limits
+from safeload.sandbox import _layers
+from safeload.sandbox._rlimits import RlimitPlan
+
+__all__ = [
+    "FD_LOG",
+    "FD_REPLY",
+    "FD_REQUEST",
+    "FD_RESULT",
+    "FIRST_INPUT_FD",
+    "TASKS",
+    "TaskContext",
+    "main",
+]
+
+FD_REQUEST = 0
+FD_LOG = 2
+FD_REPLY = 3
+FD_RESULT = 4
+FIRST_INPUT_FD = 5
+TEST_TASKS_ENV = "SAFELOAD_SANDBOX_TEST_TASKS"
+PROTOCOL_VERSION = 1
+MAX_REQUEST = 1 << 20
+
+
+@dataclass
+class TaskContext:
+    """What a task gets: its inputs as open descriptors, the limits, and its parameters."""
+
+    names: list[str]
+    paths: list[Path]
+    fds: list[int]
+    limits: Limits
+    output_dir: Path | None
+    params: dict[str, Any]
+    _maps: list[mmap.mmap] = field(default_factory=list)
+
+    def data(self, index: int) -> memoryview:
+        """Input ``index`` as a read-only memoryview over a shared mapping (no copy)."""
+        fd = self.fds[index]
+        if os.fstat(fd).st_size == 0:
+            return memoryview(b"")
+        mm = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
+        self._maps.append(mm)
+        return memoryview(mm)
+
+
+TaskResult = tuple[object, dict[str, Any]]
+Task = Callable[[TaskContext], TaskResult]
+
+
+def _task_probe(ctx: TaskContext) -> TaskResult:
+    """Do nothing: ``doctor`` uses it to see which layers a real worker gets."""
+    return None, {}
+
+
+def _task_safetensors(ctx: TaskContext) -> TaskResult:
+    """Parse one safetensors file with the safetensors library, inside the sandbox."""
+    from safetensors import safe_open
+
+    out: dict[str, Any] = {}
+    with safe_open(f"/proc/self/fd/{ctx.fds[0]}", framework="numpy") as f:
+        for key in f.keys():  # noqa: SIM118 - safe_open is not a mapping
+            out[key] = f.get_tensor(key)
+        meta = f.metadata() or {}
+    return out, {"format": "safetensors", "metadata": meta}
+
+
+def _task_read(ctx: TaskContext) -> TaskResult:
+    """``safeload.formats.read`` with NumPy arrays (torch is never imported in the worker)."""
+    formats = importlib.import_module("safeload.formats")
+    result = formats.read(ctx.data(0), name=ctx.names[0], limits=ctx.limits, framework="numpy")
+    fmt = getattr(result.format, "value", result.format)
+    return result.value, {"format": str(fmt)}
+
+
+TASKS: dict[str, Task] = {
+    "probe": _task_probe,
+    "read": _task_read,
+    "safetensors": _task_safetensors,
+}
+"""The fixed task registry: the request names one of these, nothing else runs."""
+
+
+def _preload() -> None:
+    """Import everything a task may touch while the file system is still readable."""
+    import ml_dtypes  # noqa: F401
+    import numpy  # noqa: F401
+    import safetensors
+    import safetensors.numpy  # noqa: F401
+
+    import safeload.formats as formats
+    import safeload.sandbox._transport  # noqa: F401
+
+    for mod in pkgutil.walk_packages(formats.__path__, prefix="safeload.formats."):
+        importlib.import_module(mod.name)
+    extra = os.environ.get(TEST_TASKS_ENV)
+    if extra:
+        spec = importlib.util.spec_from_file_location("_safeload_test_tasks", extra)
+        if spec is None or spec.loader is None:
+            raise SandboxError(f"cannot load test tasks from {extra}", rule="sandbox.task")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        TASKS.update(module.TASKS)
+
+
+def _read_request() -> dict[str, Any]:
+    os.lseek(FD_REQUEST, 0, os.SEEK_SET)
+    raw = os.read(FD_REQUEST, MAX_REQUEST)
+    request = json.loads(raw)
+    if not isinstance(request, dict) or request.get("version") != PROTOCOL_VERSION:
+        raise SandboxError("bad request from parent", rule="sandbox.protocol")
+    return request
+
+
+def _write_reply(reply: dict[str, Any]) -> None:
+    data = json.dumps(reply).encode()
+    os.lseek(FD_REPLY, 0, os.SEEK_SET)
+    view = memoryview(data)
+    while view:
+        view = view[os.write(FD_REPLY, view) :]
+
+
+def _error_dict(exc: SafeloadError) -> dict[str, Any]:
+    return {"type": type(exc).__name__, **exc.to_dict()}
+
+
+def _run(request: dict[str, Any], reports: list[_layers.LayerReport]) -> dict[str, Any]:
+    required = frozenset(request["required_layers"])
+    skip = frozenset(request["skip_layers"])
+    names = [str(i["name"]) for i in request["inputs"]]
+    paths = [Path(i["path"]) for i in request["inputs"]]
+    fds = list(range(FIRST_INPUT_FD, FIRST_INPUT_FD + len(paths)))
+    out_dir = Path(request["output_dir"]) if request["output_dir"] else None
+
+    def layer(name: str, apply: Callable[[], _layers.LayerReport]) -> None:
+        if name in skip:
+            reports.append(_layers.skipped(name, required, "skipped: unsafe_skip_layers"))
+        else:
+            reports.append(apply())
+
+    plan = RlimitPlan(**request["rlimits"])
+    layer("rlimits", lambda: _layers.apply_rlimits(plan, required))
+    layer("no_new_privs", lambda: _layers.apply_no_new_privs(required))
+    layer("namespaces", lambda: _layers.apply_namespaces(required))
+    _preload()
+    task = TASKS.get(request["task"])
+    if task is None:
+        raise SandboxError(f"unknown sandbox task {request['task']!r}", rule="sandbox.task")
+    limits = Limits.model_validate(request["limits"])
+    layer("landlock", lambda: _layers.apply_landlock(paths, out_dir, required))
+    layer("seccomp", lambda: _layers.apply_seccomp(required))
+    ctx = TaskContext(names, paths, fds, limits, out_dir, dict(request["params"]))
+    value, meta = task(ctx)
+    from safeload.sandbox._transport import encode_result
+
+    encode_result(FD_RESULT, value, meta)
+    return {"ok": True}
+
+
+def main() -> None:
+    reports: list[_layers.LayerReport] = []
+    try:
+        request = _read_request()
+        os.closerange(FIRST_INPUT_FD + len(request["inputs"]), 1 << 16)
+        reply = _run(request, reports)
+    except SafeloadError as exc:
+        reply = {"ok": False, "error": _error_dict(exc)}
+    except MemoryError:
+        err: SafeloadError = LimitExceededError(
+            "the worker ran out of its memory limit", rule="sandbox.memory_bytes"
+        )
+        reply = {"ok": False, "error": _error_dict(err)}
+    except RecursionError:
+        err = LimitExceededError(
+            "the worker hit Python's recursion limit", rule="sandbox.recursion"
+        )
+        reply = {"ok": False, "error": _error_dict(err)}
+    except Exception as exc:  # noqa: BLE001 - fail closed: any crash becomes a SandboxError reply
+        err = SandboxError(
+            "the sandbox task failed", rule="sandbox.task", detail=f"{type(exc).__name__}: {exc}"
+        )
+        reply = {"ok": False, "error": _error_dict(err)}
+    reply["layers"] = [r.to_dict() for r in reports]
+    _write_reply(reply)
+    sys.stderr.flush()
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    main()
