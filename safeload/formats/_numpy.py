@@ -1,0 +1,154 @@
+"""``.npy`` and ``.npz`` without pickle: the header is parsed by NumPy's own helpers, the data
+becomes an array over the caller's buffer.
+
+``allow_pickle`` is never turned on, and an object dtype (top level or inside a structured
+dtype) is refused before any data is looked at: that is the one place an ``.npy`` can carry a
+pickle. The header text is attacker-controlled; ``numpy.lib.format`` parses it with
+``ast.literal_eval`` under a size cap, which evaluates literals only. An ``.npz`` goes through
+the strict zip validator first, so its members cannot overlap or disagree with the directory.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from safeload.errors import (
+    FormatError,
+    LimitExceededError,
+    UnsafeModelError,
+    UnsupportedFormatError,
+)
+from safeload.formats._zip import ZipArchive
+from safeload.policy import Limits
+
+__all__ = ["NpyHeader", "parse_npy", "read_npy", "read_npz"]
+
+_MAGIC = b"\x93NUMPY"
+
+
+@dataclass(frozen=True, slots=True)
+class NpyHeader:
+    """A validated ``.npy`` header: the array's dtype, shape, order and where its data starts."""
+
+    dtype: np.dtype[Any]
+    shape: tuple[int, ...]
+    fortran_order: bool
+    data_offset: int
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * self.dtype.itemsize
+
+
+def parse_npy(data: memoryview, *, limits: Limits, name: str = "") -> NpyHeader:
+    """Validate a ``.npy`` header and that the data that follows is exactly the array's size."""
+    path = name or None
+    if bytes(data[:6]) != _MAGIC or len(data) < 10:
+        raise FormatError("not a .npy file", path=path, rule="numpy.magic")
+    major, minor = data[6], data[7]
+    if (major, minor) == (1, 0):
+        (hlen,) = struct.unpack_from("<H", data, 8)
+        start = 10
+    elif (major, minor) in ((2, 0), (3, 0)):
+        if len(data) < 12:
+            raise FormatError("truncated .npy header", path=path, rule="numpy.header")
+        (hlen,) = struct.unpack_from("<I", data, 8)
+        start = 12
+    else:
+        raise UnsupportedFormatError(
+            f".npy format version {major}.{minor} is not supported", path=path, rule="numpy.version"
+        )
+    if start + hlen > len(data):
+        raise FormatError("truncated .npy header", path=path, rule="numpy.header")
+    fp = io.BytesIO(bytes(data[: start + hlen]))
+    try:
+        np.lib.format.read_magic(fp)
+        if major == 1:
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(fp)
+        elif major == 2:
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(fp)
+        else:  # 3.0 is 2.0 with a UTF-8 header; numpy has no public reader for it
+            raise UnsupportedFormatError(
+                ".npy format version 3.0 is not supported", path=path, rule="numpy.version"
+            )
+    except (ValueError, SyntaxError, TypeError) as exc:
+        raise FormatError(
+            "malformed .npy header", path=path, rule="numpy.header", detail=str(exc)
+        ) from None
+    if dtype.hasobject:
+        raise UnsafeModelError(
+            ".npy array has an object dtype (its data is a pickle)",
+            path=path,
+            rule="numpy.object_dtype",
+            detail="object arrays need allow_pickle, which safeload never enables",
+        )
+    if len(shape) > limits.max_tensor_dims:
+        raise LimitExceededError(
+            f".npy array has {len(shape)} dimensions", path=path, rule="limits.max_tensor_dims"
+        )
+    if math.prod(shape) > limits.max_tensor_elements:
+        raise LimitExceededError(
+            f".npy array claims {math.prod(shape)} elements",
+            path=path,
+            rule="limits.max_tensor_elements",
+        )
+    header = NpyHeader(dtype, tuple(shape), bool(fortran), start + hlen)
+    if len(data) - header.data_offset != header.nbytes:
+        raise FormatError(
+            ".npy data size does not match its header",
+            path=path,
+            rule="numpy.size",
+            detail=f"header says {header.nbytes} bytes, file has {len(data) - header.data_offset}",
+        )
+    return header
+
+
+def read_npy(data: memoryview, *, limits: Limits, name: str = "") -> np.ndarray[Any, Any]:
+    """The array, as a view over ``data`` (writable if ``data`` is)."""
+    h = parse_npy(data, limits=limits, name=name)
+    return np.ndarray(
+        h.shape,
+        dtype=h.dtype,
+        buffer=data,
+        offset=h.data_offset,
+        order="F" if h.fortran_order else "C",
+    )
+
+
+def npz_members(
+    data: memoryview, *, limits: Limits, name: str = ""
+) -> tuple[ZipArchive, list[str]]:
+    """The validated archive and its member names (each must be ``<key>.npy``)."""
+    archive = ZipArchive(data, limits=limits, name=name)
+    names = archive.names()
+    for member in names:
+        if not member.endswith(".npy"):
+            raise FormatError(
+                f".npz member {member!r} is not a .npy array",
+                path=name or None,
+                rule="numpy.npz_member",
+            )
+    if len(names) > limits.max_tensors:
+        raise LimitExceededError(
+            f".npz holds {len(names)} arrays", path=name or None, rule="limits.max_tensors"
+        )
+    return archive, names
+
+
+def read_npz(
+    data: memoryview, *, limits: Limits, name: str = ""
+) -> dict[str, np.ndarray[Any, Any]]:
+    """Every array of an ``.npz``, keyed like ``numpy.load`` keys them (name without ``.npy``)."""
+    archive, names = npz_members(data, limits=limits, name=name)
+    return {
+        member[: -len(".npy")]: read_npy(
+            archive.read(member), limits=limits, name=f"{name}:{member}"
+        )
+        for member in names
+    }

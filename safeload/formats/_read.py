@@ -1,0 +1,284 @@
+"""One entry for every reader: bytes in, (format, value, tensor table) out.
+
+``read`` is what ``safeload.load``, the sandbox worker and the converter call; ``analyze`` is
+what the scanner calls: it runs exactly the same validation (container, pickle program, every
+tensor view against its storage, every zip CRC) but never materialises a tensor. Both detect
+the format from content, peel compression wrappers within the limits, and refuse formats that
+safeload recognises but does not read, naming them.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from safeload.errors import FormatError, SafeloadError, UnsupportedFormatError
+from safeload.formats._detect import Detection, Format, _detect_raw, unwrap
+from safeload.formats._dtypes import lookup
+from safeload.formats._materialize import Framework, Materializer, check_spec, iter_specs
+from safeload.formats._numpy import npz_members, parse_npy, read_npy
+from safeload.formats._pickle_vm import run_pickle
+from safeload.formats._safetensors import parse_safetensors
+from safeload.formats._safetensors import storages as st_storages
+from safeload.formats._torch_legacy import parse_torch_legacy
+from safeload.formats._torch_zip import TorchParse, parse_torch_zip
+from safeload.policy import Limits
+
+__all__ = ["Analysis", "ReadResult", "TensorInfo", "analyze", "read", "unsafe_globals"]
+
+logger = logging.getLogger(__name__)
+
+_UNSUPPORTED = {
+    Format.ONNX: "load ONNX models through onnxruntime (safeload's ORT session wrapper)",
+    Format.GGUF: "GGUF is read by llama.cpp-style runtimes, not by safeload",
+    Format.JOBLIB: "joblib pickles rebuild arbitrary Python objects; export to safetensors or .npz",
+    Format.KERAS: "Keras archives can carry Lambda-layer bytecode; safeload does not read them",
+    Format.HDF5: "HDF5/Keras H5 models can carry Lambda-layer bytecode; not read",
+    Format.TORCHSCRIPT: "TorchScript archives contain code; safeload never loads code",
+    Format.TORCH_TAR: "the pre-2018 tar checkpoint format (CVE-2025-32434 path) is not read",
+    Format.UNKNOWN: "unrecognised container layout",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class TensorInfo:
+    """One tensor's table row, known without reading its data."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    nbytes: int
+    """Logical size: elements * itemsize (a stride-0 view claims more than it stores)."""
+    offset: int | None
+    """Byte offset of the tensor's first element in the (unwrapped) file; None if unknown."""
+    storage: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["shape"] = list(self.shape)
+        return d
+
+
+@dataclass(frozen=True, slots=True)
+class Analysis:
+    """What a file is and holds, fully validated, with no tensor materialised."""
+
+    format: Format
+    tensors: tuple[TensorInfo, ...]
+    globals: tuple[str, ...] = ()
+    """Globals the pickle names (all allowlisted, or analysis would have refused)."""
+    wrappers: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ReadResult:
+    """A loaded file: its format, the value (tensors materialised) and the tensor table."""
+
+    format: Format
+    value: Any
+    tensors: tuple[TensorInfo, ...]
+    wrappers: tuple[str, ...] = ()
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class _Parsed:
+    format: Format
+    value: Any
+    storages: dict[str, Any]
+    offsets: dict[str, int]
+    wrappers: tuple[str, ...]
+    offsets_known: bool
+
+
+def _runner(
+    limits: Limits, collect: list[str] | None = None
+) -> Callable[[memoryview, int, Callable[[object], object] | None, str], tuple[object, int]]:
+    def run(
+        data: memoryview, start: int, persistent_load: Callable[[object], object] | None, name: str
+    ) -> tuple[object, int]:
+        return run_pickle(
+            data,
+            limits=limits,
+            start=start,
+            persistent_load=persistent_load,
+            collect_unsafe=collect,
+            name=name,
+        )
+
+    return run
+
+
+def _refuse_unsupported(det: Detection, name: str) -> None:
+    if det.format in _UNSUPPORTED:
+        raise UnsupportedFormatError(
+            f"{det.format.value} files are not read by safeload",
+            path=name or None,
+            rule="formats.supported",
+            detail=f"{_UNSUPPORTED[det.format]} ({det.detail})",
+        )
+
+
+def _parse(
+    data: bytes | bytearray | memoryview,
+    *,
+    name: str,
+    limits: Limits,
+    collect: list[str] | None = None,
+) -> _Parsed:
+    """Detect, unwrap and run the container + pickle checks; tensors stay placeholders."""
+    if len(data) > limits.max_file_bytes:
+        from safeload.errors import LimitExceededError
+
+        raise LimitExceededError(
+            f"file is {len(data)} bytes", path=name or None, rule="limits.max_file_bytes"
+        )
+    inner, wrappers = unwrap(data, limits=limits, name=name)
+    fmt, detail = _detect_raw(inner, limits=limits, name=name)
+    det = Detection(fmt, wrappers, detail)
+    _refuse_unsupported(det, name)
+    run = _runner(limits, collect)
+    known = not wrappers
+    if fmt is Format.TORCH_ZIP:
+        tp: TorchParse = parse_torch_zip(inner, limits=limits, name=name, run=run)
+        return _Parsed(fmt, tp.value, tp.storages, tp.offsets, wrappers, known)
+    if fmt is Format.TORCH_LEGACY:
+        tp = parse_torch_legacy(inner, limits=limits, name=name, run=run)
+        return _Parsed(fmt, tp.value, tp.storages, tp.offsets, wrappers, known)
+    if fmt is Format.PICKLE:
+        value, end = run(inner, 0, None, name)
+        if end != len(inner):
+            raise FormatError(
+                "bytes after the pickle's STOP opcode",
+                path=name or None,
+                rule="pickle.trailing_data",
+                offset=end,
+            )
+        return _Parsed(fmt, value, {}, {}, wrappers, known)
+    if fmt is Format.SAFETENSORS:
+        header = parse_safetensors(inner, limits=limits, name=name)
+        value = dict(header.specs)
+        return _Parsed(fmt, value, st_storages(inner, header), header.offsets, wrappers, known)
+    if fmt is Format.NUMPY:
+        return _Parsed(fmt, inner, {}, {}, wrappers, known)
+    if fmt is Format.NPZ:
+        return _Parsed(fmt, inner, {}, {}, wrappers, known)
+    raise UnsupportedFormatError(  # pragma: no cover - every Format is handled above
+        f"{fmt.value} files are not read", path=name or None, rule="formats.supported"
+    )
+
+
+def _table(parsed: _Parsed, limits: Limits, name: str) -> tuple[TensorInfo, ...]:
+    rows = []
+    for tname, spec in iter_specs(parsed.value):
+        buf = parsed.storages.get(spec.storage.key)
+        if buf is None:
+            raise FormatError(
+                f"tensor {tname!r} names a storage the file does not have",
+                path=name or None,
+                rule="tensor.storage",
+            )
+        nbytes = check_spec(spec, len(buf), limits=limits, path=name or None)
+        base = parsed.offsets.get(spec.storage.key, -1)
+        offset = (
+            base + spec.offset * lookup(spec.dtype).itemsize
+            if parsed.offsets_known and base >= 0
+            else None
+        )
+        rows.append(TensorInfo(tname, spec.dtype, spec.shape, nbytes, offset, spec.storage.key))
+        if len(rows) > limits.max_tensors:
+            from safeload.errors import LimitExceededError
+
+            raise LimitExceededError(
+                f"more than {limits.max_tensors} tensors",
+                path=name or None,
+                rule="limits.max_tensors",
+            )
+    return tuple(rows)
+
+
+def _numpy_table(
+    parsed: _Parsed, limits: Limits, name: str, *, check_data: bool
+) -> tuple[TensorInfo, ...]:
+    if parsed.format is Format.NUMPY:
+        h = parse_npy(parsed.value, limits=limits, name=name)
+        off = h.data_offset if parsed.offsets_known else None
+        return (TensorInfo("", h.dtype.str, h.shape, h.nbytes, off),)
+    archive, names = npz_members(parsed.value, limits=limits, name=name)
+    rows = []
+    for member in names:
+        m = archive.members[member]
+        h = parse_npy(archive.read(member), limits=limits, name=f"{name}:{member}")
+        off = m.data_offset + h.data_offset if parsed.offsets_known and m.method == 0 else None
+        rows.append(TensorInfo(member[: -len(".npy")], h.dtype.str, h.shape, h.nbytes, off, member))
+    if check_data:
+        archive.verify_all()
+    return tuple(rows)
+
+
+def analyze(
+    data: bytes | bytearray | memoryview, *, name: str = "", limits: Limits | None = None
+) -> Analysis:
+    """Validate everything about a file without materialising tensors; refuse by raising."""
+    limits = limits or Limits()
+    parsed = _parse(data, name=name, limits=limits)
+    if parsed.format in (Format.NUMPY, Format.NPZ):
+        table = _numpy_table(parsed, limits, name, check_data=True)
+        return Analysis(parsed.format, table, (), parsed.wrappers)
+    table = _table(parsed, limits, name)
+    return Analysis(parsed.format, table, (), parsed.wrappers)
+
+
+def read(
+    data: bytes | bytearray | memoryview,
+    *,
+    name: str = "",
+    limits: Limits | None = None,
+    framework: Framework = "torch",
+) -> ReadResult:
+    """Read a file into plain values with tensors (torch) or arrays (numpy) over its buffer.
+
+    NumPy files always give NumPy arrays (they are NumPy data); safetensors and PyTorch files
+    give the requested framework's tensors. Tensors share memory with ``data`` when it is
+    writable; a read-only buffer is copied once per storage for torch (``torch.frombuffer``
+    needs writable memory) and used as-is for NumPy (arrays are then read-only).
+    """
+    if framework not in ("torch", "numpy"):
+        raise SafeloadError(f"unknown framework {framework!r}", rule="formats.framework")
+    limits = limits or Limits()
+    parsed = _parse(data, name=name, limits=limits)
+    if parsed.format in (Format.NUMPY, Format.NPZ):
+        table = _numpy_table(parsed, limits, name, check_data=False)
+        if parsed.format is Format.NUMPY:
+            value: Any = read_npy(parsed.value, limits=limits, name=name)
+        else:
+            archive, names = npz_members(parsed.value, limits=limits, name=name)
+            value = {
+                m[: -len(".npy")]: read_npy(archive.read(m), limits=limits, name=f"{name}:{m}")
+                for m in names
+            }
+        return ReadResult(parsed.format, value, table, parsed.wrappers)
+    table = _table(parsed, limits, name)
+    mat = Materializer(parsed.storages, framework=framework, limits=limits, name=name)
+    value = mat.convert(parsed.value)
+    return ReadResult(parsed.format, value, table, parsed.wrappers)
+
+
+def unsafe_globals(
+    data: bytes | bytearray | memoryview, *, name: str = "", limits: Limits | None = None
+) -> list[str]:
+    """Every global the file's pickles name that no allowlist grants, without running anything.
+
+    Mirrors ``torch.serialization.get_unsafe_globals_in_checkpoint``: a review list, not a
+    verdict. Non-pickle formats have none.
+    """
+    collect: list[str] = []
+    try:
+        _parse(data, name=name, limits=limits or Limits(), collect=collect)
+    except UnsupportedFormatError:
+        raise
+    except SafeloadError:
+        logger.debug("unsafe_globals: %s stopped early", name, exc_info=True)
+    return sorted(set(collect))
