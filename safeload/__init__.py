@@ -31,6 +31,8 @@ from safeload.policy import Limits
 from safeload.integrations._scan import FileResult, ScanReport, scan
 
 # --- policy (issue 3) ---
+from safeload.policy import Policy, effective_policy, load_policy
+
 # --- signing (issue 4) ---
 from safeload.signing import VerifiedFile, VerifiedModel, hash_model, sign, verify
 
@@ -45,6 +47,7 @@ __all__ = [
     "FormatError",
     "LimitExceededError",
     "Limits",
+    "Policy",
     "PolicyError",
     "PolicyViolation",
     "RefusedError",
@@ -59,7 +62,9 @@ __all__ = [
     "VerifiedFile",
     "VerifiedModel",
     "__version__",
+    "effective_policy",
     "hash_model",
+    "load_policy",
     "scan",
     "sign",
     "verify",
