@@ -12,7 +12,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-__all__ = ["StorageRef", "StorageType", "TensorSpec"]
+__all__ = [
+    "StorageRef",
+    "StorageType",
+    "TensorSpec",
+    "TorchDType",
+    "TorchDevice",
+    "TorchLayout",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,3 +55,26 @@ class TensorSpec:
     kind: str = "tensor"
     """``"tensor"`` or ``"parameter"`` (``torch.nn.Parameter`` wrappers are kept as a flag)."""
     extra: dict[str, object] = field(default_factory=dict, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class TorchDType:
+    """What an allowlisted dtype global (``torch.float32``...) stands for; torch is not needed."""
+
+    name: str
+    """The torch dtype name without the ``torch.`` prefix (``"float32"``, ``"float8_e4m3fn"``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class TorchDevice:
+    """A ``torch.device`` named by a pickle; only the device string, never a live device object."""
+
+    spec: str
+    """``"cpu"``, ``"cuda"``, ``"cuda:0"``, ``"meta"``...; readers decide where tensors go."""
+
+
+@dataclass(frozen=True, slots=True)
+class TorchLayout:
+    """A ``torch.strided``-style layout marker; only ``"strided"`` is ever produced."""
+
+    name: str
