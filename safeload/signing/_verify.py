@@ -23,7 +23,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from safeload.errors import SafeloadError, UsageError, VerificationError
+from safeload.errors import SafeloadError, SourceError, UsageError, VerificationError
 from safeload.signing._bundle import MAX_BUNDLE_BYTES, ParsedBundle, parse_bundle
 from safeload.signing._certificate import load_certificates, verify_certificate
 from safeload.signing._hashing import FileResult, Keep, Progress, hash_entries, shard_ranges
@@ -131,6 +131,8 @@ def _resolve_root(path: str | os.PathLike[str]) -> Path:
     text = os.fspath(path)
     if not root.exists() and "/" in text and not text.startswith((".", "/")):
         return resolve_hf_ref(text)
+    if not root.is_dir():
+        raise SourceError("model folder not found", path=text, rule="source.folder")
     return root
 
 
