@@ -28,6 +28,12 @@ from safeload.policy import Limits
 
 # isort: split
 # --- core readers (issue 2) ---
+from safeload.formats._safe_globals import (
+    add_safe_globals,
+    clear_safe_globals,
+    get_safe_globals,
+    safe_globals,
+)
 from safeload.integrations._scan import FileResult, ScanReport, scan
 
 # --- policy (issue 3) ---
@@ -62,9 +68,13 @@ __all__ = [
     "VerifiedFile",
     "VerifiedModel",
     "__version__",
+    "add_safe_globals",
+    "clear_safe_globals",
     "effective_policy",
+    "get_safe_globals",
     "hash_model",
     "load_policy",
+    "safe_globals",
     "scan",
     "sign",
     "verify",
