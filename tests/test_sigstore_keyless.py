@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from _sigstore_root import TEST_ISSUER, Running, TestRoot, signer
+from _sigstore_root import TEST_ISSUER, Running, TestRoot, loopback_only, signer
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from safeload.errors import SafeloadError, UsageError, VerificationError
@@ -31,6 +31,13 @@ STATEMENT = json.dumps(
         "predicate": {"serialization": {"method": "files", "hash_type": "sha256"}},
     }
 ).encode()
+
+
+@pytest.fixture(autouse=True)
+def _offline() -> Iterator[None]:
+    """Every test here must pass with the network gone: only loopback connects are allowed."""
+    with loopback_only():
+        yield
 
 
 @pytest.fixture(scope="module")

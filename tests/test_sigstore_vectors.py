@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from _sigstore_root import signer
+from _sigstore_root import loopback_only, signer
 
 from safeload.errors import UsageError, VerificationError
 from safeload.signing._sigstore import verify_artifact_sigstore, verify_sigstore
@@ -39,6 +40,15 @@ FAKE_ISSUER = "https://issuer.safeload.example"
 pytestmark = pytest.mark.skipif(not TESTDATA.is_dir(), reason="shared sigstore vectors missing")
 
 IBM = signer(IBM_ID, issuer=IBM_ISSUER)
+
+
+@pytest.fixture(autouse=True)
+def _offline() -> Iterator[None]:
+    """Every test here must pass with the network gone: only loopback connects are allowed."""
+    with loopback_only():
+        yield
+
+
 CONF_SIGNER = signer(BEACON, issuer=GHA)
 
 
@@ -317,3 +327,10 @@ def test_fake_keyless_invalid_with_production_root(trust_config: Path | None) ->
             bundle, signers=[signer(FAKE_ID, issuer=FAKE_ISSUER)], trust_config=trust_config
         )
     assert info.value.rule == "signature.sigstore"
+
+
+def test_network_guard_is_active() -> None:
+    import socket
+
+    with pytest.raises(OSError, match="tried to reach the network"):
+        socket.create_connection(("192.0.2.1", 443), timeout=1)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import json
+import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -23,11 +24,13 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from safeload.policy import SigstoreSigner
+
 from ._log import TransparencyLog
 from ._pki import CertificateAuthority, key_id, spki_der
 from ._server import Knobs, Server, StandIn
 
-__all__ = ["TEST_ISSUER", "Knobs", "Running", "TestRoot", "signer"]
+__all__ = ["TEST_ISSUER", "Knobs", "Running", "TestRoot", "loopback_only", "signer"]
 
 TEST_ISSUER = "https://issuer.safeload.example"
 _NO_REKOR = "https://safeload-test.rekor.invalid"
@@ -35,7 +38,7 @@ _NO_REKOR = "https://safeload-test.rekor.invalid"
 
 @dataclass(frozen=True)
 class _Signer:
-    """Stand-in for ``safeload.policy.SigstoreSigner`` until the policy package exports it."""
+    """A signer *without* the policy model's validation, to test this layer's own checks."""
 
     identity: str | None
     issuer: str
@@ -43,18 +46,29 @@ class _Signer:
     method: str = "sigstore"
 
 
-def signer(identity: str | None = None, *, issuer: str, identity_regex: str | None = None) -> Any:
-    """A trusted Sigstore signer, as the policy would produce it (the real model when present)."""
+def signer(
+    identity: str | None = None, *, issuer: str, identity_regex: str | None = None
+) -> SigstoreSigner:
+    """A trusted Sigstore signer exactly as a policy file would produce it."""
+    return SigstoreSigner(identity=identity, identity_regex=identity_regex, issuer=issuer)
+
+
+@contextmanager
+def loopback_only() -> Iterator[None]:
+    """Refuse every socket connection that is not to 127.0.0.1: proves a test is offline."""
+    real = socket.socket.connect
+
+    def connect(sock: socket.socket, address: Any) -> None:
+        host = address[0] if isinstance(address, tuple) else address
+        if sock.family in (socket.AF_INET, socket.AF_INET6) and host not in ("127.0.0.1", "::1"):
+            raise OSError(f"test tried to reach the network: {address!r}")
+        real(sock, address)
+
+    socket.socket.connect = connect  # type: ignore[method-assign]
     try:
-        from safeload.policy import SigstoreSigner  # type: ignore[attr-defined]
-    except ImportError:
-        return _Signer(identity=identity, issuer=issuer, identity_regex=identity_regex)
-    fields: dict[str, Any] = {"method": "sigstore", "issuer": issuer}
-    if identity is not None:
-        fields["identity"] = identity
-    if identity_regex is not None:
-        fields["identity_regex"] = identity_regex
-    return SigstoreSigner(**fields)
+        yield
+    finally:
+        socket.socket.connect = real  # type: ignore[method-assign]
 
 
 def _b64(data: bytes) -> str:
