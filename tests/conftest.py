@@ -41,7 +41,8 @@ class Corpus:
         return [s for s in self.manifest if s["label"] == label]
 
     def path(self, sample: dict[str, Any]) -> Path:
-        return self.root / sample["file"]
+        # "path" is relative to the corpus root ("malicious/x.pkl"); "file" is only the name.
+        return self.root / sample.get("path", sample["file"])
 
 
 @pytest.fixture(scope="session")
