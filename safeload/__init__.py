@@ -34,6 +34,7 @@ from safeload.formats._safe_globals import (
     get_safe_globals,
     safe_globals,
 )
+from safeload.integrations._load import ModelInfo, get_unsafe_globals, inspect, load
 from safeload.integrations._scan import FileResult, ScanReport, scan
 
 # --- policy (issue 3) ---
@@ -53,6 +54,7 @@ __all__ = [
     "FormatError",
     "LimitExceededError",
     "Limits",
+    "ModelInfo",
     "Policy",
     "PolicyError",
     "PolicyViolation",
@@ -72,7 +74,10 @@ __all__ = [
     "clear_safe_globals",
     "effective_policy",
     "get_safe_globals",
+    "get_unsafe_globals",
     "hash_model",
+    "inspect",
+    "load",
     "load_policy",
     "safe_globals",
     "scan",

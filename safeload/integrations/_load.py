@@ -1,0 +1,264 @@
+"""``safeload.load``: a drop-in for ``torch.load(weights_only=True)`` that never unpickles.
+
+Same call shape as ``torch.load`` so code moves over by changing an import, but the options
+that would run code are refused, loudly, instead of honoured: ``weights_only=False``, a custom
+``pickle_module``, extra unpickler arguments, a callable ``map_location``, and the
+``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` environment override. The file is read once into private
+memory (or mapped copy-on-write with ``mmap=True``) and every later stage works on that one
+buffer; a verified file object is read through its ``buffer()``, never re-opened by path.
+"""
+
+from __future__ import annotations
+
+import logging
+import mmap as _mmap
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import IO, Any, Literal
+
+from safeload.errors import SourceError, UsageError
+from safeload.formats._detect import Format
+from safeload.formats._read import ReadResult, TensorInfo, analyze, read, unsafe_globals
+from safeload.policy import Limits
+
+__all__ = ["ModelInfo", "get_unsafe_globals", "inspect", "load"]
+
+logger = logging.getLogger("safeload")
+
+_FORCE_ENV = "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"
+_CPU_NAMES = frozenset({"cpu"})
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    """A file's format and tensor table, read without touching tensor data."""
+
+    path: str
+    format: Format
+    size: int
+    tensors: tuple[TensorInfo, ...]
+    wrappers: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "format": self.format.value,
+            "size": self.size,
+            "wrappers": list(self.wrappers),
+            "tensors": [t.to_dict() for t in self.tensors],
+        }
+
+
+# -- getting the bytes -----------------------------------------------------------------------
+def _name_of(f: object) -> str:
+    if isinstance(f, (str, os.PathLike)):
+        return os.fspath(f) if isinstance(os.fspath(f), str) else os.fsdecode(os.fspath(f))
+    path = getattr(f, "path", None) or getattr(f, "name", None)
+    return str(path) if isinstance(path, (str, os.PathLike)) else ""
+
+
+def _read_fd(fd: int, *, use_mmap: bool, name: str, limits: Limits) -> memoryview:
+    size = os.fstat(fd).st_size
+    if size > limits.max_file_bytes:
+        from safeload.errors import LimitExceededError
+
+        raise LimitExceededError(f"file is {size} bytes", path=name, rule="limits.max_file_bytes")
+    if size == 0:
+        return memoryview(bytearray())
+    if use_mmap:
+        # MAP_PRIVATE + PROT_WRITE: copy-on-write pages, so tensors can be writable views
+        # without the file (or anyone else's mapping of it) ever changing.
+        mm = _mmap.mmap(fd, size, flags=_mmap.MAP_PRIVATE, prot=_mmap.PROT_READ | _mmap.PROT_WRITE)
+        return memoryview(mm)
+    buf = bytearray(size)
+    view = memoryview(buf)
+    got = 0
+    while got < size:
+        n = os.readv(fd, [view[got:]])
+        if n == 0:
+            raise SourceError("file shrank while being read", path=name, rule="source.read")
+        got += n
+    return view
+
+
+def _buffer_of(f: object, *, use_mmap: bool, limits: Limits) -> tuple[memoryview, str]:
+    """One private buffer holding the file's bytes, and a name for messages."""
+    name = _name_of(f)
+    buffer_fn = getattr(f, "buffer", None)
+    if buffer_fn is not None and callable(buffer_fn):
+        return memoryview(buffer_fn()).cast("B"), name  # a VerifiedFile: exactly the hashed bytes
+    if isinstance(f, (bytes, bytearray, memoryview)):
+        return memoryview(f).cast("B"), name
+    if isinstance(f, (str, os.PathLike)):
+        try:
+            fd = os.open(f, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        except OSError as exc:
+            raise SourceError(
+                f"cannot open {name}", path=name, rule="source.open", detail=str(exc)
+            ) from None
+        try:
+            return _read_fd(fd, use_mmap=use_mmap, name=name, limits=limits), name
+        finally:
+            os.close(fd)
+    if hasattr(f, "read"):
+        fileobj: IO[bytes] = f  # type: ignore[assignment]
+        if use_mmap and hasattr(fileobj, "fileno"):
+            return _read_fd(fileobj.fileno(), use_mmap=True, name=name, limits=limits), name
+        data = fileobj.read()
+        if not isinstance(data, (bytes, bytearray)):
+            raise UsageError("file object must be opened in binary mode", rule="load.file")
+        return memoryview(bytearray(data)), name
+    raise UsageError(
+        f"cannot load from {type(f).__name__}",
+        rule="load.file",
+        detail="pass a path, a binary file object, bytes, or a verified file",
+    )
+
+
+# -- options ---------------------------------------------------------------------------------
+def _check_options(
+    map_location: object, pickle_module: object, weights_only: object, extra: Mapping[str, Any]
+) -> str | None:
+    """Refuse code-running options; return the device to move tensors to (None: stay on CPU)."""
+    if os.environ.get(_FORCE_ENV, "").strip() not in ("", "0"):
+        logger.warning(
+            "%s is set; safeload ignores it and loads weights only (it never unpickles)", _FORCE_ENV
+        )
+    if weights_only is False:
+        raise UsageError(
+            "weights_only=False is not supported",
+            rule="load.weights_only",
+            detail="it would let the file run code; use safeload.get_unsafe_globals to review what "
+            "the file needs and allowlist classes with add_safe_globals",
+        )
+    if pickle_module is not None:
+        raise UsageError(
+            "a custom pickle_module is not supported",
+            rule="load.pickle_module",
+            detail="safeload reads pickles with its own allowlist-only interpreter",
+        )
+    if extra:
+        raise UsageError(
+            f"unpickler arguments are not supported: {', '.join(sorted(extra))}",
+            rule="load.pickle_load_args",
+        )
+    return _device_of(map_location)
+
+
+def _device_of(map_location: object) -> str | None:
+    if map_location is None:
+        return None
+    if callable(map_location):
+        raise UsageError(
+            "a callable map_location is not supported",
+            rule="load.map_location",
+            detail="load to CPU, then move tensors yourself",
+        )
+    if isinstance(map_location, Mapping):
+        targets = {str(v) for v in map_location.values()}
+        if not targets <= _CPU_NAMES:
+            raise UsageError(
+                "map_location dicts may only map to 'cpu'",
+                rule="load.map_location",
+                detail="pass a single device string to move every tensor",
+            )
+        return None
+    device = str(map_location)
+    return None if device in _CPU_NAMES else device
+
+
+def _move(value: Any, device: str) -> Any:
+    """Move every tensor to ``device`` after loading (shared tensors stay one object)."""
+    import torch
+
+    memo: dict[int, Any] = {}
+
+    def walk(v: Any) -> Any:
+        if id(v) in memo:
+            return memo[id(v)]
+        out = v
+        if isinstance(v, torch.nn.Parameter):
+            out = torch.nn.Parameter(v.data.to(device), requires_grad=v.requires_grad)
+        elif isinstance(v, torch.Tensor):
+            out = v.to(device)
+        elif isinstance(v, dict):
+            for k in v:
+                v[k] = walk(v[k])
+        elif isinstance(v, list):
+            for i, item in enumerate(v):
+                v[i] = walk(item)
+        elif type(v) is tuple:
+            out = tuple(walk(item) for item in v)
+        memo[id(v)] = out
+        return out
+
+    return walk(value)
+
+
+# -- public API ------------------------------------------------------------------------------
+def load(
+    f: Any,
+    map_location: Any = None,
+    pickle_module: Any = None,
+    *,
+    weights_only: bool | None = True,
+    mmap: bool | None = None,
+    framework: Literal["torch", "numpy"] = "torch",
+    limits: Limits | None = None,
+    **pickle_load_args: Any,
+) -> Any:
+    """Load a model file's tensors and plain values, running nothing the file names.
+
+    Accepts what ``torch.load`` accepts (a path, a binary file object, bytes) plus a verified
+    file from ``safeload.verify`` (its exact hashed bytes are used). Reads PyTorch zip and
+    legacy checkpoints, safetensors, NumPy ``.npy``/``.npz`` and plain pickles, by content.
+    ``framework="numpy"`` returns NumPy arrays and works without torch. Raises a
+    :class:`~safeload.errors.RefusedError` subclass when the file is refused.
+    """
+    device = _check_options(map_location, pickle_module, weights_only, pickle_load_args)
+    if framework not in ("torch", "numpy"):
+        raise UsageError(f"unknown framework {framework!r}", rule="load.framework")
+    if framework == "numpy" and device is not None:
+        raise UsageError("map_location needs framework='torch'", rule="load.map_location")
+    limits = limits or Limits()
+    data, name = _buffer_of(f, use_mmap=bool(mmap), limits=limits)
+    result = _read_buffer(data, name=name, limits=limits, framework=framework)
+    value = result.value
+    if device is not None:
+        value = _move(value, device)
+    return value
+
+
+def _read_buffer(
+    data: memoryview, *, name: str, limits: Limits, framework: Literal["torch", "numpy"]
+) -> ReadResult:
+    """The one place where the file's bytes, its format and its tensor table are all known.
+
+    Policy decisions and audit events hook in here (after reading, before returning).
+    """
+    result = read(data, name=name, limits=limits, framework=framework)
+    logger.debug(
+        "loaded %s: %s, %d tensors, %d bytes",
+        name or "<buffer>",
+        result.format.value,
+        len(result.tensors),
+        len(data),
+    )
+    return result
+
+
+def inspect(path: Any, *, limits: Limits | None = None) -> ModelInfo:
+    """Format and tensor table (name, dtype, shape, bytes, offset) without reading tensor data."""
+    limits = limits or Limits()
+    data, name = _buffer_of(path, use_mmap=True, limits=limits)
+    analysis = analyze(data, name=name, limits=limits)
+    return ModelInfo(name, analysis.format, len(data), analysis.tensors, analysis.wrappers)
+
+
+def get_unsafe_globals(path: Any, *, limits: Limits | None = None) -> list[str]:
+    """The globals a file's pickles need that no allowlist grants (like torch's
+    ``get_unsafe_globals_in_checkpoint``); found statically, nothing is imported or called."""
+    limits = limits or Limits()
+    data, name = _buffer_of(path, use_mmap=True, limits=limits)
+    return unsafe_globals(data, name=name, limits=limits)
