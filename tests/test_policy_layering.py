@@ -78,6 +78,7 @@ LOOSENING = {
     "lower min_signers": ("[trust]\nmin_signers = 1\n", None),  # equal: allowed (see below)
     "allow ca leaf": ("[trust]\nallow_ca_leaf = true\n", "trust.allow_ca_leaf"),
     "allow symlinks": ("[trust]\nallow_symlinks = true\n", "trust.allow_symlinks"),
+    "allow unsafe mmap": ("[trust]\nallow_unsafe_mmap = true\n", "trust.allow_unsafe_mmap"),
     "ignore more paths": ('[trust]\nignore_paths = ["model.bin"]\n', "trust.ignore_paths"),
     "replace trust config": ('[trust]\ntrust_config = "mine.json"\n', "trust.trust_config"),
     "replace audit log": ('audit_log = "elsewhere.jsonl"\n', "audit_log"),

@@ -178,6 +178,7 @@ _RULES: dict[str, _Rule] = {
     "trust.trust_config": _same_or_unset,
     "trust.ignore_paths": _intersect,
     "trust.allow_symlinks": _all_true,
+    "trust.allow_unsafe_mmap": _all_true,
     "trust.signers": _accumulate,
     "trust.pinned_digests": _pins,
     "sources.allowed_repos": _repos,

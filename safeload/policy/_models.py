@@ -223,6 +223,9 @@ class TrustPolicy(BaseModel):
     allow_symlinks: bool = False
     """Follow symlinks in the model folder; even then only links staying inside it."""
 
+    allow_unsafe_mmap: bool = False
+    """Let callers pass unsafe_mmap=True (verified files mapped, not copied; each use audited)."""
+
     signers: tuple[Signer, ...] = ()
     """Trusted signers (sigstore identities, public keys, private CAs)."""
 
