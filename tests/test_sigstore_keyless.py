@@ -270,3 +270,14 @@ def test_payload_must_be_an_in_toto_statement(running: Running) -> None:
                 payload, identity_token=running.root.token(), trust_config=running.trust_config
             )
         assert info.value.rule == "signing.payload"
+
+
+def test_signing_with_a_broken_trust_config_is_a_usage_error(
+    running: Running, tmp_path: Path
+) -> None:
+    bare_root = tmp_path / "trusted_root.json"  # verification material only: cannot sign
+    bare_root.write_text(json.dumps(running.root.trusted_root()))
+    for config in (bare_root, tmp_path / "missing.json"):
+        with pytest.raises(UsageError) as info:
+            sign_sigstore(STATEMENT, identity_token=running.root.token(), trust_config=config)
+        assert info.value.rule == "signing.trust_config"

@@ -183,6 +183,25 @@ def test_broken_trust_config_refused(tmp_path: Path) -> None:
     assert info.value.rule == "trust.trust_config"
     with pytest.raises(VerificationError):
         verify_sigstore(bundle, signers=[IBM], trust_config=tmp_path / "missing.json")
+    bad.write_text("not json")
+    with pytest.raises(VerificationError) as info:
+        verify_sigstore(bundle, signers=[IBM], trust_config=bad)
+    assert info.value.rule == "trust.trust_config"
+    bad.write_text(json.dumps({"mediaType": TRUSTED_ROOT_TYPE, "tlogs": "nope"}))
+    with pytest.raises(VerificationError) as info:
+        verify_sigstore(bundle, signers=[IBM], trust_config=bad)
+    assert info.value.rule == "trust.trust_config"
+
+
+TRUSTED_ROOT_TYPE = "application/vnd.dev.sigstore.trustedroot+json;version=0.1"
+
+
+@pytest.mark.parametrize("name", ["trust_config.json", "trusted_root.json"])
+def test_bare_trusted_root_or_client_trust_config(name: str) -> None:
+    case = CONF / "rekor2-dsse-happy-path"
+    bundle = (case / "bundle.sigstore.json").read_bytes()
+    who, _ = verify_sigstore(bundle, signers=[CONF_SIGNER], trust_config=case / name)
+    assert who == f"sigstore:{BEACON} ({GHA})"
 
 
 # -------------------------------------------------------------------------- OMS spec vectors

@@ -19,6 +19,7 @@ sigstore is imported lazily: ``import safeload`` must stay cheap.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from collections.abc import Sequence
@@ -29,7 +30,7 @@ from safeload.errors import SafeloadError, UsageError, VerificationError
 
 if TYPE_CHECKING:
     from cryptography.x509 import Certificate
-    from sigstore.models import Bundle, ClientTrustConfig
+    from sigstore.models import Bundle, ClientTrustConfig, TrustedRoot
     from sigstore.verify import Verifier
 
 __all__ = [
@@ -79,21 +80,30 @@ class SigstoreSignerLike(Protocol):
 # --------------------------------------------------------------------------------- trust root
 
 
-def _load_trust_config(path: Path, *, rule: str = _RULE_TRUST_CONFIG) -> ClientTrustConfig:
+_TRUSTED_ROOT_MEDIA_TYPE = "application/vnd.dev.sigstore.trustedroot+json;version=0.1"
+
+
+def _read_trust_file(path: Path, error: type[SafeloadError], rule: str) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise error(
+            "cannot read the Sigstore trust config", path=str(path), rule=rule, detail=str(exc)
+        ) from exc
+
+
+def _load_trust_config(
+    path: Path, *, error: type[SafeloadError] = VerificationError, rule: str = _RULE_TRUST_CONFIG
+) -> ClientTrustConfig:
     """Read a pinned ``ClientTrustConfig``; a broken trust file is a refusal, never a fallback."""
     from sigstore.models import ClientTrustConfig
 
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise VerificationError(
-            "cannot read the Sigstore trust config", path=str(path), rule=rule, detail=str(exc)
-        ) from exc
+    text = _read_trust_file(path, error, rule)
     try:
         config = ClientTrustConfig.from_json(text)
         config.trusted_root  # noqa: B018 - parse the root now, so errors surface here
     except Exception as exc:  # fail closed on any parser failure in sigstore
-        raise VerificationError(
+        raise error(
             "the Sigstore trust config is not a valid ClientTrustConfig",
             path=str(path),
             rule=rule,
@@ -102,13 +112,42 @@ def _load_trust_config(path: Path, *, rule: str = _RULE_TRUST_CONFIG) -> ClientT
     return config
 
 
+def _load_trusted_root(path: Path) -> TrustedRoot:
+    """Verification needs only the root: accept a ``ClientTrustConfig`` or a bare
+    ``trusted_root.json`` (what Sigstore instances and conformance suites publish)."""
+    from sigstore.models import TrustedRoot
+    from sigstore_models.trustroot import v1 as trustroot_v1
+
+    text = _read_trust_file(path, VerificationError, _RULE_TRUST_CONFIG)
+    try:
+        doc = json.loads(text)
+    except ValueError as exc:
+        raise VerificationError(
+            "the Sigstore trust config is not JSON",
+            path=str(path),
+            rule=_RULE_TRUST_CONFIG,
+            detail=str(exc),
+        ) from exc
+    if isinstance(doc, dict) and doc.get("mediaType") == _TRUSTED_ROOT_MEDIA_TYPE:
+        try:
+            return TrustedRoot(trustroot_v1.TrustedRoot.from_json(text))
+        except Exception as exc:  # fail closed on any parser failure in sigstore
+            raise VerificationError(
+                "the Sigstore trusted root is not valid",
+                path=str(path),
+                rule=_RULE_TRUST_CONFIG,
+                detail=f"{type(exc).__name__}: {exc}",
+            ) from exc
+    return _load_trust_config(path).trusted_root
+
+
 def _make_verifier(trust_config: Path | None, *, offline: bool) -> Verifier:
     from sigstore.verify import Verifier
 
     if trust_config is not None:
-        config = _load_trust_config(trust_config)
+        trusted_root = _load_trusted_root(Path(trust_config))
         try:
-            return Verifier(trusted_root=config.trusted_root)
+            return Verifier(trusted_root=trusted_root)
         except Exception as exc:  # fail closed
             raise VerificationError(
                 "the Sigstore trust config cannot verify anything",
@@ -407,7 +446,9 @@ def sign_sigstore(
         ) from exc
 
     if trust_config is not None:
-        config = _load_trust_config(trust_config, rule="signing.trust_config")
+        config = _load_trust_config(
+            Path(trust_config), error=UsageError, rule="signing.trust_config"
+        )
     else:
         try:
             config = ClientTrustConfig.production()
