@@ -83,12 +83,16 @@ def detect() -> tuple[bool, str]:
         err = ctypes.get_errno()
         why = "not built into this kernel" if err == errno.ENOSYS else "disabled at boot"
         return False, f"Landlock unavailable ({why}: {os.strerror(err)})"
+    return True, f"Landlock ABI {abi}{_features(abi)}"
+
+
+def _features(abi: int) -> str:
     extra = []
     if abi >= 4:
         extra.append("TCP denied")
     if abi >= 6:
         extra.append("signals and abstract sockets scoped")
-    return True, f"Landlock ABI {abi}" + (f" ({', '.join(extra)})" if extra else "")
+    return f" ({', '.join(extra)})" if extra else ""
 
 
 def _handled_fs(abi: int) -> int:
@@ -141,4 +145,4 @@ def apply(inputs: Sequence[Path], output_dir: Path | None) -> str:
     granted = f"read {len(inputs)} input file(s)"
     if output_dir is not None:
         granted += ", write the output folder"
-    return f"ABI {abi}: {granted}; everything else denied"
+    return f"Landlock ABI {abi}{_features(abi)}: {granted}; everything else denied"

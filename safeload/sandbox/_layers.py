@@ -138,7 +138,7 @@ def skipped(name: str, required: Collection[str], why: str) -> LayerReport:
         raise SandboxError(
             f"required sandbox layer {name!r} was skipped",
             rule="sandbox.required_layers",
-            detail=why,
+            detail=f"{name}: {why}",
         )
     return LayerReport(name, True, False, why)
 

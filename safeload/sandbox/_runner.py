@@ -298,6 +298,12 @@ def run_in_sandbox(
     started = time.monotonic()
     required = _layers.check_layer_names(required_layers, "sandbox.required_layers")
     skip = _layers.check_layer_names(unsafe_skip_layers, "sandbox.unsafe_skip_layers")
+    if required & skip:
+        raise SandboxError(
+            "a required sandbox layer cannot also be skipped",
+            rule="sandbox.required_layers",
+            detail=f"{', '.join(sorted(required & skip))}: listed in unsafe_skip_layers",
+        )
     if skip:
         _audit_skip(task, skip)
     for report in _layers.detect_all():

@@ -1,0 +1,136 @@
+"""Hostile code the sandbox tests run *inside* the worker, on purpose.
+
+The worker loads this file only when the parent's environment names it in
+``SAFELOAD_SANDBOX_TEST_TASKS`` (the tests set it; a model file cannot). Each task tries one
+thing the sandbox must stop and reports what happened as plain data, so the test can say which
+layer stopped it: the errno, and the step that failed. No pytest import: this runs in the worker.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from safeload.sandbox._worker import TaskContext
+
+Outcome = tuple[object, dict[str, Any]]
+
+
+def _blocked(step: str, exc: OSError) -> Outcome:
+    return {"blocked": True, "step": step, "errno": exc.errno}, {}
+
+
+def _passed(step: str) -> Outcome:
+    return {"blocked": False, "step": step, "errno": None}, {}
+
+
+def attempt_exec(ctx: TaskContext) -> Outcome:
+    try:
+        os.execv("/bin/true", ["/bin/true"])
+    except OSError as exc:
+        return _blocked("execve", exc)
+    raise AssertionError("unreachable: execv returned")  # pragma: no cover
+
+
+def attempt_fork(ctx: TaskContext) -> Outcome:
+    try:
+        pid = os.fork()
+    except OSError as exc:
+        return _blocked("fork", exc)
+    if pid == 0:  # pragma: no cover - the child must never exist
+        os._exit(0)
+    os.waitpid(pid, 0)
+    return _passed("fork")
+
+
+def attempt_socket(ctx: TaskContext) -> Outcome:
+    try:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    except OSError as exc:
+        return _blocked("socket", exc)
+    with sock:
+        try:
+            sock.connect(("127.0.0.1", int(ctx.params["port"])))
+        except OSError as exc:
+            return _blocked("connect", exc)
+    return _passed("connect")
+
+
+def attempt_read_outside(ctx: TaskContext) -> Outcome:
+    try:
+        Path(ctx.params["path"]).read_bytes()
+    except OSError as exc:
+        return _blocked("open", exc)
+    return _passed("open")
+
+
+def attempt_write(ctx: TaskContext) -> Outcome:
+    try:
+        Path(ctx.params["path"]).write_bytes(b"written from the sandbox")
+    except OSError as exc:
+        return _blocked("open", exc)
+    return _passed("open")
+
+
+def attempt_signal_parent(ctx: TaskContext) -> Outcome:
+    try:
+        os.kill(os.getppid(), 0)  # signal 0: a probe, harmless if it ever got through
+    except OSError as exc:
+        return _blocked("kill", exc)
+    return _passed("kill")
+
+
+def attempt_signal_self(ctx: TaskContext) -> Outcome:
+    os.kill(os.getpid(), 0)
+    return _passed("kill")
+
+
+def attempt_allocate(ctx: TaskContext) -> Outcome:
+    try:
+        block = bytearray(int(ctx.params["bytes"]))
+    except MemoryError:
+        return {"blocked": True, "step": "allocate", "errno": None}, {}
+    return _passed(f"allocate {len(block)}")  # pragma: no cover
+
+
+def attempt_spin(ctx: TaskContext) -> Outcome:
+    while True:
+        pass
+
+
+def attempt_sleep(ctx: TaskContext) -> Outcome:
+    time.sleep(3600)
+    return _passed("sleep")  # pragma: no cover
+
+
+def read_own_input(ctx: TaskContext) -> Outcome:
+    data = bytes(ctx.data(0))
+    by_path = ctx.paths[0].read_bytes()
+    return {"same": data == by_path, "size": len(data)}, {}
+
+
+def echo_structure(ctx: TaskContext) -> Outcome:
+    arr = np.arange(12, dtype=np.float32).reshape(3, 4)
+    value = {
+        "weights": arr,
+        "same_again": arr,
+        "transposed": arr.T,
+        "state": {0: {"step": 3, "exp_avg": np.ones(2, dtype=np.float64)}},
+        "nested": [1, 2.5, float("nan"), None, True, "text", b"\x00\x01", (1, "a")],
+        "empty": np.zeros((0, 3), dtype=np.int64),
+        "big_endian": np.arange(3, dtype=">i4"),
+        "scalar": np.float32(1.5),
+    }
+    return value, {"kind": "echo"}
+
+
+TASKS = {
+    name: fn
+    for name, fn in globals().items()
+    if callable(fn) and name.startswith(("attempt_", "read_own", "echo_"))
+}
