@@ -42,13 +42,11 @@ def make_pki(folder: Path, *, leaf_email: str = "release@org.example",
                             critical=False)
              .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
                  issuer_key.public_key()), critical=False))  # type: ignore[arg-type]
-        if ca:
-            b = b.add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False,
-                                              False), critical=True)
+        signs = email is not None
+        b = b.add_extension(x509.KeyUsage(signs, False, False, False, False, ca, ca, False, False),
+                            critical=True)
         if email is not None:
-            b = (b.add_extension(x509.KeyUsage(True, False, False, False, False, False, False,
-                                               False, False), critical=True)
-                 .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CODE_SIGNING]),
+            b = (b.add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CODE_SIGNING]),
                                 critical=False)
                  .add_extension(x509.SubjectAlternativeName([x509.RFC822Name(email)]),
                                 critical=False))

@@ -26,10 +26,10 @@ def _hashing_options(func: Callable[..., Any]) -> Callable[..., Any]:
     return func
 
 
-def _run(model_dir: str, fmt: str, signatures: tuple[str, ...], **kwargs: Any) -> None:
+def _run(model_dir: str, fmt: str, signature: tuple[str, ...], **kwargs: Any) -> None:
     try:
         with hashing_progress() as progress:
-            path = safeload.sign(model_dir, signature=signatures[0] if signatures else None,
+            path = safeload.sign(model_dir, signature=signature[0] if signature else None,
                                  progress=progress, **kwargs)
     except SafeloadError as exc:
         fail(exc, fmt)
@@ -53,11 +53,11 @@ def sign() -> None:
 @_hashing_options
 @common_options
 def sign_sigstore(model_dir: str, identity_token: str | None, serialization: str,
-                  hash_type: str, shard_size: int, signatures: tuple[str, ...],
+                  hash_type: str, shard_size: int, signature: tuple[str, ...],
                   trust_config: str | None, offline: bool, allow_ca_leaf: bool | None,
-                  policy_file: str | None, fmt: str) -> None:
+                  policy: str | None, fmt: str) -> None:
     """Keyless signing with Sigstore (Fulcio certificate + Rekor log entry)."""
-    _run(model_dir, fmt, signatures, method="sigstore", identity_token=identity_token,
+    _run(model_dir, fmt, signature, method="sigstore", identity_token=identity_token,
          trust_config=trust_config, serialization=serialization, hash_type=hash_type,
          shard_size=shard_size)
 
@@ -69,11 +69,11 @@ def sign_sigstore(model_dir: str, identity_token: str | None, serialization: str
 @_hashing_options
 @common_options
 def sign_key(model_dir: str, private_key: str, serialization: str, hash_type: str,
-             shard_size: int, signatures: tuple[str, ...], trust_config: str | None,
-             offline: bool, allow_ca_leaf: bool | None, policy_file: str | None,
+             shard_size: int, signature: tuple[str, ...], trust_config: str | None,
+             offline: bool, allow_ca_leaf: bool | None, policy: str | None,
              fmt: str) -> None:
     """Sign with a private key; verifiers trust the matching public key."""
-    _run(model_dir, fmt, signatures, method="key", private_key=private_key,
+    _run(model_dir, fmt, signature, method="key", private_key=private_key,
          serialization=serialization, hash_type=hash_type, shard_size=shard_size)
 
 
@@ -89,10 +89,10 @@ def sign_key(model_dir: str, private_key: str, serialization: str, hash_type: st
 @common_options
 def sign_certificate(model_dir: str, private_key: str, signing_cert: str,
                      cert_chain: tuple[str, ...], serialization: str, hash_type: str,
-                     shard_size: int, signatures: tuple[str, ...], trust_config: str | None,
-                     offline: bool, allow_ca_leaf: bool | None, policy_file: str | None,
+                     shard_size: int, signature: tuple[str, ...], trust_config: str | None,
+                     offline: bool, allow_ca_leaf: bool | None, policy: str | None,
                      fmt: str) -> None:
     """Sign with a private key whose certificate chains to the verifier's trust anchors."""
-    _run(model_dir, fmt, signatures, method="certificate", private_key=private_key,
+    _run(model_dir, fmt, signature, method="certificate", private_key=private_key,
          signing_cert=signing_cert, cert_chain=cert_chain, serialization=serialization,
          hash_type=hash_type, shard_size=shard_size)

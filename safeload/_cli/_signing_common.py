@@ -20,7 +20,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 def common_options(func: F) -> F:
     """Options every sign/verify command takes (also readable as SAFELOAD_* variables)."""
     opts = [
-        click.option("--signature", "signatures", multiple=True, type=click.Path(dir_okay=False),
+        click.option("--signature", "signature", multiple=True, type=click.Path(dir_okay=False),
                      help="Signature file (default MODEL_DIR/model.sig); repeat for several."),
         click.option("--trust-config", type=click.Path(exists=True, dir_okay=False),
                      help="Sigstore ClientTrustConfig JSON (default: embedded production root)."),
@@ -28,9 +28,10 @@ def common_options(func: F) -> F:
                      help="Sigstore: use the local trust root, never refresh it over the network."),
         click.option("--allow-ca-leaf", is_flag=True, default=None,
                      help="Accept a signing certificate that is itself a CA."),
-        click.option("--policy", "policy_file", type=click.Path(exists=True, dir_okay=False),
+        click.option("--policy", "policy", type=click.Path(exists=True, dir_okay=False),
                      help="Policy file (default: the effective policy)."),
         click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text",
+                     envvar="SAFELOAD_FORMAT",
                      show_default=True),
     ]
     for opt in reversed(opts):

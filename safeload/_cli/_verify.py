@@ -40,25 +40,25 @@ def _signers(identity: str | None, identity_regex: str | None, issuer: str | Non
               help="Sigstore: anchored regex (^...$) the signer identity must match.")
 @click.option("--issuer", "--cert-oidc-issuer", "--identity-provider", "issuer",
               help="Sigstore: OIDC issuer URL of the signer.")
-@click.option("--key", "keys", multiple=True, type=click.Path(exists=True, dir_okay=False),
+@click.option("--key", "key", multiple=True, type=click.Path(exists=True, dir_okay=False),
               help="Trusted PEM public key (repeatable).")
-@click.option("--cert-chain", "cert_chains", multiple=True,
+@click.option("--cert-chain", "cert_chain", multiple=True,
               type=click.Path(exists=True, dir_okay=False),
               help="Trust anchors (PEM) for certificate signatures (repeatable).")
 @click.option("--ignore-paths", "ignore_paths", multiple=True,
               help="Files or folders to leave out of verification (repeatable).")
 @common_options
 def verify(model_dir: str, identity: str | None, identity_regex: str | None, issuer: str | None,
-           keys: tuple[str, ...], cert_chains: tuple[str, ...], ignore_paths: tuple[str, ...],
-           signatures: tuple[str, ...], trust_config: str | None, offline: bool,
-           allow_ca_leaf: bool | None, policy_file: str | None, fmt: str) -> None:
+           key: tuple[str, ...], cert_chain: tuple[str, ...], ignore_paths: tuple[str, ...],
+           signature: tuple[str, ...], trust_config: str | None, offline: bool,
+           allow_ca_leaf: bool | None, policy: str | None, fmt: str) -> None:
     """Verify MODEL_DIR against its signature(s); exit 0 valid, 1 invalid, 2 error."""
     try:
-        signers = _signers(identity, identity_regex, issuer, keys, cert_chains)
+        signers = _signers(identity, identity_regex, issuer, key, cert_chain)
         with hashing_progress() as progress:
             model = safeload.verify(
-                model_dir, policy=policy_file, signature=signatures[0] if signatures else None,
-                signatures=signatures[1:], signers=signers, ignore_paths=ignore_paths,
+                model_dir, policy=policy, signature=signature[0] if signature else None,
+                signatures=signature[1:], signers=signers, ignore_paths=ignore_paths,
                 keep_bytes=False, trust_config=trust_config, offline=offline,
                 allow_ca_leaf=allow_ca_leaf, progress=progress,
             )
