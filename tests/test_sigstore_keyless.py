@@ -281,3 +281,27 @@ def test_signing_with_a_broken_trust_config_is_a_usage_error(
         with pytest.raises(UsageError) as info:
             sign_sigstore(STATEMENT, identity_token=running.root.token(), trust_config=config)
         assert info.value.rule == "signing.trust_config"
+
+
+def test_model_folder_keyless_sign_and_verify(running: Running, tmp_path: Path) -> None:
+    """The whole OMS flow: safeload.sign(method="sigstore") then safeload.verify, offline."""
+    import safeload
+
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text('{"hidden": 4}')
+    (model / "weights.bin").write_bytes(bytes(range(256)) * 64)
+    sig = safeload.sign(
+        model,
+        method="sigstore",
+        identity_token=running.root.token(),
+        trust_config=running.trust_config,
+    )
+    verified = safeload.verify(model, signers=[TRUSTED], trust_config=running.trust_config)
+    assert verified.signers == (f"sigstore:{BOT} ({TEST_ISSUER})",)
+    assert set(verified.files) == {"config.json", "weights.bin"}
+
+    (model / "weights.bin").write_bytes(bytes(range(256)) * 63)
+    with pytest.raises(VerificationError):
+        safeload.verify(model, signers=[TRUSTED], trust_config=running.trust_config)
+    assert sig.is_file()
