@@ -4,6 +4,7 @@
 its ``extends`` chain (tighten-only), and ``effective_policy`` finds the one that applies.
 """
 
+from safeload.policy._apply import select_extra_globals, tighter_limits
 from safeload.policy._audit import AUDIT_LOGGER_NAME, audit, audit_unsafe_option
 from safeload.policy._decide import Candidate, Decision, RuleHit, decide, enforce, needs_sandbox
 from safeload.policy._limits import Limits
@@ -54,4 +55,6 @@ __all__ = [
     "needs_sandbox",
     "policy_files",
     "provenance",
+    "select_extra_globals",
+    "tighter_limits",
 ]

@@ -128,11 +128,11 @@ def decide(candidate: Candidate, policy: Policy) -> Decision:
     trust = policy.trust
     if trust.require_signature and not candidate.verified:
         hit("trust.require_signature", False, True, "no valid signature from a trusted signer")
-    distinct = len(set(candidate.signers)) if candidate.verified else 0
-    # Unsigned models are already covered by require_signature; min_signers speaks when some
-    # signers verified but too few, or when more than one is required.
-    too_few = distinct < trust.min_signers
-    if too_few and (candidate.verified or (trust.require_signature and trust.min_signers > 1)):
+    # Unsigned models are require_signature's business. min_signers speaks when verification
+    # reported its signers and there were too few distinct ones (a verified file handed over
+    # without its signer list was already held to min_signers by safeload.verify).
+    distinct = len(set(candidate.signers))
+    if candidate.verified and candidate.signers and distinct < trust.min_signers:
         hit(
             "trust.min_signers",
             distinct,
