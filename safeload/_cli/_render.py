@@ -109,14 +109,14 @@ def render_text(report: ScanReport, *, color: bool = False, width: int | None = 
         file=buffer,
         force_terminal=color,
         no_color=not color,
-        width=width or 120,
+        width=width or max(120, max((len(r.path) for r in report.results), default=0) + 100),
         highlight=False,
         soft_wrap=False,
     )
     if report.results:
         table = Table(show_edge=False, pad_edge=False, expand=False)
         table.add_column("verdict", no_wrap=True)
-        table.add_column("file", overflow="fold")
+        table.add_column("file", no_wrap=True)
         table.add_column("format", no_wrap=True)
         table.add_column("tensors", justify="right", no_wrap=True)
         table.add_column("finding", overflow="fold")

@@ -360,34 +360,53 @@ def _open_regular(path: Path) -> tuple[int, int]:
 
 def _scan_file(path: Path, limits: Limits) -> FileResult:
     started = time.perf_counter()
-    size = 0
-    fmt: str | None = None
     try:
         fd, size = _open_regular(path)
+    except SafeloadError as exc:
+        return _from_error(str(path), None, exc, "error", _size(path), 0.0)
+    try:
+        return _guarded(path, size, started, lambda: _scan_fd(fd, path, size, limits, started))
+    finally:
+        os.close(fd)
+
+
+def _scan_fd(fd: int, path: Path, size: int, limits: Limits, started: float) -> FileResult:
+    if size > limits.max_file_bytes:
+        raise LimitExceededError(
+            "file is larger than the policy allows",
+            path=str(path),
+            rule="limits.max_file_bytes",
+            detail=f"{size} > {limits.max_file_bytes} bytes",
+        )
+    if size == 0:
+        return _unrecognised(path, b"", size, started)
+    mapped = mmap.mmap(fd, size, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ)
+    try:
+        # Exceptions become results inside _guarded, so no traceback still pins a view of the
+        # mapping by the time it is closed.
+        work = lambda: _scan_buffer(path, memoryview(mapped), limits, size, started)  # noqa: E731
+        return _guarded(path, size, started, work)
+    finally:
         try:
-            if size > limits.max_file_bytes:
-                raise LimitExceededError(
-                    "file is larger than the policy allows",
-                    path=str(path),
-                    rule="limits.max_file_bytes",
-                    detail=f"{size} > {limits.max_file_bytes} bytes",
-                )
-            if size == 0:
-                return _unrecognised(path, b"", size, started)
-            with mmap.mmap(fd, size, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ) as mapped:
-                view = memoryview(mapped)
-                try:
-                    return _scan_buffer(path, view, limits, size, started)
-                finally:
-                    view.release()
-        finally:
-            os.close(fd)
+            mapped.close()
+        except BufferError:
+            # A reader kept a view alive (e.g. in a cached object); the mapping is released
+            # when that view is collected. It is read-only and private either way.
+            logger.debug("mapping of %s still exported; left to the garbage collector", path)
+
+
+def _guarded(
+    path: Path, size: int, started: float, work: Callable[[], FileResult]
+) -> FileResult:
+    """Run ``work``; every exception becomes a verdict (refusal, error, or internal error)."""
+    try:
+        return work()
     except RefusedError as exc:
         exc.with_path(str(path))
-        return _from_error(str(path), fmt, exc, "unsafe", size, time.perf_counter() - started)
+        return _from_error(str(path), None, exc, "unsafe", size, time.perf_counter() - started)
     except SafeloadError as exc:
         exc.with_path(str(path))
-        return _from_error(str(path), fmt, exc, "error", size, time.perf_counter() - started)
+        return _from_error(str(path), None, exc, "error", size, time.perf_counter() - started)
     except Exception as exc:  # a reader bug is reported as an error, never as a pass
         logger.debug("reader failed unexpectedly on %s", path, exc_info=True)
         err = SafeloadError(
@@ -397,7 +416,7 @@ def _scan_file(path: Path, limits: Limits) -> FileResult:
             code=INTERNAL_ERROR_CODE,
             detail=f"{type(exc).__name__}: {exc}",
         )
-        return _from_error(str(path), fmt, err, "error", size, time.perf_counter() - started)
+        return _from_error(str(path), None, err, "error", size, time.perf_counter() - started)
 
 
 def _unrecognised(path: Path, head: bytes, size: int, started: float) -> FileResult:
@@ -433,7 +452,7 @@ def _scan_buffer(
         analysis = formats.analyze(view, name=path.name, limits=limits)
     except RefusedError as exc:
         exc.with_path(str(path))
-        offending = _offending_globals(view, path, exc)
+        offending = _offending_globals(view, path, limits)
         return _from_error(
             str(path), detection.format, exc, "unsafe", size,
             time.perf_counter() - started, offending,
@@ -448,12 +467,12 @@ def _scan_buffer(
     )
 
 
-def _offending_globals(view: memoryview, path: Path, exc: RefusedError) -> list[str]:
+def _offending_globals(view: memoryview, path: Path, limits: Limits) -> list[str]:
     """The names a refused file asks for, from the same buffer (the file is not reopened)."""
     from safeload import formats
 
     try:
-        return sorted(formats.unsafe_globals(view, name=path.name))
+        return sorted(formats.unsafe_globals(view, name=path.name, limits=limits))
     except SafeloadError:
         return []
     except Exception:  # listing names is best effort; the verdict stands
