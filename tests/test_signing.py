@@ -86,7 +86,8 @@ def test_certificate_roundtrip_and_identity(tmp_path: Path) -> None:
         safeload.verify(root, signers=[CertificateSigner(ca_chain=str(pki["root"]),
                                                          identity="someone@else")])
     # The intermediate alone is not an anchor the policy named.
-    other = make_pki(tmp_path / "other" if (tmp_path / "other").mkdir() is None else tmp_path)
+    (tmp_path / "other").mkdir()
+    other = make_pki(tmp_path / "other")
     with pytest.raises(safeload.VerificationError, match="chain"):
         safeload.verify(root, signers=[CertificateSigner(ca_chain=str(other["root"]))])
 
@@ -109,8 +110,8 @@ def test_min_signers_counts_distinct_signers(tmp_path: Path) -> None:
     sig_a = safeload.sign(root, method="key", private_key=a_priv, signature=tmp_path / "a.sig")
     sig_b = safeload.sign(root, method="key", private_key=b_priv, signature=tmp_path / "b.sig")
     signers = [KeySigner(public_key=str(a_pub)), KeySigner(public_key=str(b_pub))]
-    policy = Policy.model_validate({"version": 1, "trust": {"min_signers": 2,
-                                                            "signers": [s.model_dump() for s in signers]}})
+    trust = {"min_signers": 2, "signers": [s.model_dump() for s in signers]}
+    policy = Policy.model_validate({"version": 1, "trust": trust})
     model = safeload.verify(root, policy=policy, signature=sig_a, signatures=[sig_b])
     assert len(model.signers) == 2
     with pytest.raises(safeload.VerificationError, match="requires 2"):

@@ -27,7 +27,7 @@ def write_key(path: Path, key: PrivateKey) -> tuple[Path, Path]:
 def make_pki(folder: Path, *, leaf_email: str = "release@org.example",
              leaf_is_ca: bool = False) -> dict[str, Path]:
     """Root CA -> intermediate -> code-signing leaf; PEM files in ``folder``."""
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
 
     def cert(subject: str, key: PrivateKey, issuer: str, issuer_key: PrivateKey, *, ca: bool,
              email: str | None = None) -> x509.Certificate:
