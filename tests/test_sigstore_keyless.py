@@ -305,3 +305,44 @@ def test_model_folder_keyless_sign_and_verify(running: Running, tmp_path: Path) 
     with pytest.raises(VerificationError):
         safeload.verify(model, signers=[TRUSTED], trust_config=running.trust_config)
     assert sig.is_file()
+
+
+def _tiny_model(folder: Path) -> Path:
+    folder.mkdir()
+    (folder / "config.json").write_text('{"layers": 2}')
+    (folder / "weights.bin").write_bytes(bytes(range(256)) * 16)
+    return folder
+
+
+def test_model_signing_verifies_our_keyless_signature(running: Running, tmp_path: Path) -> None:
+    """Interop: the reference implementation accepts what sign_sigstore produced."""
+    import safeload
+
+    ms_verifying = pytest.importorskip("model_signing.verifying")
+    model = _tiny_model(tmp_path / "model")
+    sig = safeload.sign(
+        model,
+        method="sigstore",
+        serialization="files",
+        identity_token=running.root.token(),
+        trust_config=running.trust_config,
+    )
+    ms_verifying.Config().use_sigstore_verifier(
+        identity=BOT, oidc_issuer=TEST_ISSUER, trust_config=running.trust_config
+    ).verify(model, sig)
+
+
+def test_we_verify_model_signing_keyless_signature(running: Running, tmp_path: Path) -> None:
+    """Interop: model_signing signs through the same private Fulcio/Rekor; safeload verifies."""
+    import safeload
+
+    ms_signing = pytest.importorskip("model_signing.signing")
+    model = _tiny_model(tmp_path / "model")
+    sig = tmp_path / "model.sig"
+    ms_signing.Config().use_sigstore_signer(
+        identity_token=running.root.token(), trust_config=running.trust_config
+    ).sign(model, sig)
+    verified = safeload.verify(
+        model, signature=sig, signers=[TRUSTED], trust_config=running.trust_config
+    )
+    assert verified.signers == (f"sigstore:{BOT} ({TEST_ISSUER})",)

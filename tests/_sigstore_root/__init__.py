@@ -171,7 +171,7 @@ class TestRoot:
             "signingConfig": {
                 "mediaType": "application/vnd.dev.sigstore.signingconfig.v0.2+json",
                 "caUrls": [service(fulcio_url)],
-                "oidcUrls": [],
+                "oidcUrls": [service(f"{fulcio_url}/oidc")],
                 "rekorTlogUrls": [service(rekor_url)],
                 "tsaUrls": [],
                 "rekorTlogConfig": {"selector": "ANY"},

@@ -6,6 +6,8 @@
   the test issuer's key), its audience and expiry, and the CSR's proof of possession.
 * ``POST /api/v1/log/entries`` (Rekor v1): a proposed ``dsse/0.0.1`` entry; answers the
   integrated entry with inclusion proof, signed checkpoint and SET.
+* ``GET /oidc/.well-known/openid-configuration``: OIDC discovery only (no token endpoint
+  behind it); tokens come from ``TestRoot.token``.
 
 Bound to 127.0.0.1 on an ephemeral port, request bodies capped, one short-lived thread.
 Knobs on :class:`StandIn` let tests make the services misbehave (foreign log key, entries
@@ -92,6 +94,22 @@ def _handler(stand_in: StandIn) -> type[BaseHTTPRequestHandler]:
 
         def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib name
             pass
+
+        def do_GET(self) -> None:
+            # OIDC discovery, which some clients (model_signing) fetch even when given a token.
+            if self.path != "/oidc/.well-known/openid-configuration":
+                self._reply(404, {"code": 404, "message": "not found"})
+                return
+            host, port = self.server.server_address[:2]
+            base = f"http://{host!s}:{port}/oidc"
+            self._reply(
+                200,
+                {
+                    "issuer": base,
+                    "authorization_endpoint": f"{base}/auth",
+                    "token_endpoint": f"{base}/token",
+                },
+            )
 
         def do_POST(self) -> None:
             length = int(self.headers.get("Content-Length", "0"))
