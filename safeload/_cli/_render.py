@@ -265,3 +265,38 @@ def _sarif_result(r: FileResult, index: Mapping[str, int]) -> dict[str, Any]:
             "sizeBytes": r.size_bytes,
         },
     }
+
+
+# -- inspect -----------------------------------------------------------------------------------
+
+
+def render_inspect(info: safeload.ModelInfo, fmt: str, *, color: bool = False) -> str:
+    """A file's tensor table: rich text for people, JSON (``ModelInfo.to_dict``) for tools."""
+    if fmt == "json":
+        return json.dumps(info.to_dict(), indent=2) + "\n"
+    buffer = io.StringIO()
+    console = Console(
+        file=buffer, force_terminal=color, no_color=not color, width=120, highlight=False
+    )
+    wrappers = f" inside {' > '.join(info.wrappers)}" if info.wrappers else ""
+    console.print(f"{info.path}: {info.format.value}{wrappers}, {info.size} bytes")
+    table = Table(show_edge=False, pad_edge=False)
+    table.add_column("tensor", overflow="fold")
+    table.add_column("dtype", no_wrap=True)
+    table.add_column("shape", no_wrap=True)
+    table.add_column("bytes", justify="right", no_wrap=True)
+    table.add_column("offset", justify="right", no_wrap=True)
+    total = 0
+    for t in info.tensors:
+        total += t.nbytes
+        table.add_row(
+            t.name,
+            t.dtype,
+            "(" + ", ".join(str(d) for d in t.shape) + ")",
+            str(t.nbytes),
+            "-" if t.offset is None else str(t.offset),
+        )
+    if info.tensors:
+        console.print(table)
+    console.print(f"{len(info.tensors)} tensors, {total} bytes of tensor data")
+    return buffer.getvalue()
