@@ -7,6 +7,7 @@ its ``extends`` chain (tighten-only), and ``effective_policy`` finds the one tha
 from safeload.policy._apply import select_extra_globals, tighter_limits
 from safeload.policy._audit import AUDIT_LOGGER_NAME, audit, audit_unsafe_option
 from safeload.policy._decide import Candidate, Decision, RuleHit, decide, enforce, needs_sandbox
+from safeload.policy._gate import PolicyGate, policy_gate
 from safeload.policy._limits import Limits
 from safeload.policy._load import effective_policy, load_policy, policy_files, provenance
 from safeload.policy._models import (
@@ -40,6 +41,7 @@ __all__ = [
     "OnnxPolicy",
     "PicklePolicy",
     "Policy",
+    "PolicyGate",
     "RuleHit",
     "SandboxPolicy",
     "Signer",
@@ -54,6 +56,7 @@ __all__ = [
     "load_policy",
     "needs_sandbox",
     "policy_files",
+    "policy_gate",
     "provenance",
     "select_extra_globals",
     "tighter_limits",

@@ -1,0 +1,121 @@
+"""The policy's two touch points in a load: limits before reading, a verdict after.
+
+Why one small object instead of loose calls in the loader: the loader must not be able to
+forget a step. ``policy_gate`` resolves the effective policy once, fixes the limits the reader
+gets, and checks the policy's pickle globals against the program's registry; ``check`` then
+builds the :class:`Candidate`, decides, audits and enforces, in that order, so every load,
+allowed or not, leaves an audit line before anything can raise.
+
+Digests cost a pass over the bytes, so ``check`` hashes only when someone will use the
+result: a pinned digest, an ``audit_log`` file, or a ``safeload.audit`` logger that is on.
+A verified file brings its digest (and signers, when it carries them) from verification.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+
+from safeload.policy._apply import select_extra_globals, tighter_limits
+from safeload.policy._audit import AUDIT_LOGGER_NAME, audit
+from safeload.policy._decide import Candidate, Decision, decide, enforce
+from safeload.policy._limits import Limits
+from safeload.policy._load import effective_policy
+from safeload.policy._models import Policy
+
+__all__ = ["PolicyGate", "policy_gate"]
+
+_PLAIN_SHA256 = re.compile(r"^sha256:[0-9a-f]{64}$")
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyGate:
+    """The effective policy and what the loader knows about its source before reading."""
+
+    policy: Policy
+    limits: Limits
+    """The limits to give the reader: the policy's, lowered by the caller's."""
+    verified: bool = False
+    digest: str | None = None
+    signers: tuple[str, ...] = ()
+
+    def _want_digest(self, level: int) -> bool:
+        return bool(
+            self.policy.trust.pinned_digests
+            or self.policy.audit_log
+            or logging.getLogger(AUDIT_LOGGER_NAME).isEnabledFor(level)
+        )
+
+    def check(
+        self,
+        data: bytes | bytearray | memoryview,
+        *,
+        name: str,
+        fmt: str,
+        shapes: Sequence[Sequence[int]] = (),
+        sandboxed: bool = False,
+        repo: str | None = None,
+        revision: str | None = None,
+        unsafe_options: Sequence[str] = (),
+    ) -> Decision:
+        """Decide on what was read, audit it, and raise PolicyViolation if enforce refuses."""
+        digest = self.digest
+        if digest is None and self._want_digest(logging.INFO):
+            digest = hashlib.sha256(data).hexdigest()
+        candidate = Candidate(
+            path=name or "<buffer>",
+            format=fmt,
+            size_bytes=len(memoryview(data).cast("B")),
+            digest=digest,
+            signers=self.signers,
+            verified=self.verified,
+            tensor_count=len(shapes),
+            max_tensor_elements=max((math.prod(s) for s in shapes), default=0),
+            repo=repo,
+            revision=revision,
+            sandboxed=sandboxed,
+        )
+        decision = decide(candidate, self.policy)
+        if not decision.allowed and digest is None and self._want_digest(logging.WARNING):
+            # A violation is worth the hash: the audit line should name exactly these bytes.
+            candidate = replace(candidate, digest=hashlib.sha256(data).hexdigest())
+            decision = replace(decision, candidate=candidate)
+        audit(decision, unsafe_options=unsafe_options)
+        enforce(decision)
+        return decision
+
+
+def policy_gate(
+    policy: Policy | str | os.PathLike[str] | None,
+    limits: Limits | None = None,
+    *,
+    source: object = None,
+    registered_globals: Mapping[str, object] | None = None,
+) -> PolicyGate:
+    """Resolve the effective policy for one load (see ``effective_policy`` for discovery).
+
+    ``source`` is what the caller passed to load; a verified file (one with ``buffer()`` and a
+    ``digest`` from ``safeload.verify``) counts as verified. ``registered_globals`` is the
+    program's safe-globals registry; a policy naming a global the program never registered
+    is refused here, before any bytes are read.
+    """
+    effective = effective_policy(policy)
+    if registered_globals is not None:
+        select_extra_globals(effective, registered_globals)
+    digest = getattr(source, "digest", None)
+    verified = callable(getattr(source, "buffer", None)) and isinstance(digest, str)
+    signers = getattr(source, "signers", ()) if verified else ()
+    # Only a plain whole-file SHA-256 is reusable; a sharded OMS digest is not what pins name.
+    plain = verified and isinstance(digest, str) and _PLAIN_SHA256.match(digest) is not None
+    return PolicyGate(
+        policy=effective,
+        limits=tighter_limits(effective.limits, limits),
+        verified=verified,
+        digest=digest if plain else None,
+        signers=tuple(str(s) for s in signers or ()),
+    )
