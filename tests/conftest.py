@@ -140,3 +140,57 @@ def no_torch_load(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     except ImportError:
         pass
     yield
+
+
+def _same_value(got: Any, want: Any, where: str = "value") -> None:
+    """Deep equality where tensors/arrays must be bit-identical (dtype, shape, bytes)."""
+    import numpy as np
+
+    try:
+        import torch
+    except ImportError:  # pragma: no cover
+        torch = None  # type: ignore[assignment]
+    if torch is not None and isinstance(want, torch.Tensor):
+        assert isinstance(got, torch.Tensor), f"{where}: {type(got).__name__} is not a tensor"
+        assert type(got) is type(want), f"{where}: {type(got).__name__} != {type(want).__name__}"
+        assert got.dtype == want.dtype and got.shape == want.shape, f"{where}: dtype/shape"
+        assert got.stride() == want.stride(), f"{where}: stride {got.stride()} != {want.stride()}"
+        assert got.requires_grad == want.requires_grad, f"{where}: requires_grad"
+        if want.is_quantized:
+            assert got.is_quantized and got.q_scale() == want.q_scale()
+            got, want = got.int_repr(), want.int_repr()
+        g = got.detach().contiguous().reshape(-1).view(torch.uint8)
+        w = want.detach().contiguous().reshape(-1).view(torch.uint8)
+        assert torch.equal(g, w), f"{where}: tensor bytes differ"
+        return
+    if isinstance(want, np.ndarray):
+        assert isinstance(got, np.ndarray), f"{where}: {type(got).__name__} is not an ndarray"
+        assert got.dtype == want.dtype and got.shape == want.shape, f"{where}: dtype/shape"
+        assert got.tobytes() == want.tobytes(), f"{where}: array bytes differ"
+        return
+    if isinstance(want, dict):
+        assert type(got) is type(want), f"{where}: {type(got).__name__} != {type(want).__name__}"
+        assert list(got) == list(want), f"{where}: keys {list(got)} != {list(want)}"
+        for k in want:
+            _same_value(got[k], want[k], f"{where}[{k!r}]")
+        return
+    if isinstance(want, (list, tuple)):
+        # torch.Size is a tuple subclass; the reader returns plain tuples for it.
+        assert isinstance(got, (list, tuple)) and isinstance(got, list) == isinstance(want, list)
+        assert len(got) == len(want), f"{where}: length"
+        for i, (g, w) in enumerate(zip(got, want, strict=True)):
+            _same_value(g, w, f"{where}[{i}]")
+        return
+    if isinstance(want, float) and want != want:
+        assert isinstance(got, float) and got != got, f"{where}: NaN"
+        return
+    assert type(got) is type(want) or (torch is not None and isinstance(want, torch.dtype)), (
+        f"{where}: {type(got).__name__} != {type(want).__name__}"
+    )
+    assert got == want, f"{where}: {got!r} != {want!r}"
+
+
+@pytest.fixture
+def assert_same() -> Any:
+    """``assert_same(got, want)``: deep equality, tensors and arrays compared bit for bit."""
+    return _same_value

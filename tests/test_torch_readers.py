@@ -1,0 +1,330 @@
+"""Container readers against hostile archives: zip desync and bombs, lying storages and views.
+
+Every hostile file here is built in the test from a real ``torch.save`` output plus a small,
+readable edit (a rewritten record, a hand-assembled ``data.pkl``, a crafted zip directory), so
+each test names the one thing that is wrong and the rule that must refuse it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import io
+import struct
+import zlib
+from typing import Any
+
+import numpy as np
+import pytest
+
+from safeload import FormatError, LimitExceededError, Limits, UnsupportedFormatError
+from safeload.formats import analyze, read
+from safeload.formats._zip import ZipArchive
+
+torch = pytest.importorskip("torch")
+
+
+# -- builders ------------------------------------------------------------------------------------
+def torch_bytes(obj: Any, **kw: Any) -> bytes:
+    buf = io.BytesIO()
+    torch.save(obj, buf, **kw)
+    return buf.getvalue()
+
+
+def entries(data: bytes) -> list[tuple[str, bytes]]:
+    import zipfile
+
+    with zipfile.ZipFile(io.BytesIO(data)) as z:
+        return [(i.filename, z.read(i.filename)) for i in z.infolist()]
+
+
+def write_zip(
+    members: list[tuple[str, bytes]],
+    *,
+    deflate: tuple[str, ...] = (),
+    crc_of: dict[str, bytes] | None = None,
+    size_of: dict[str, int] | None = None,
+    offsets: dict[str, int] | None = None,
+    prefix: bytes = b"",
+    suffix: bytes = b"",
+) -> bytes:
+    """A plain zip writer whose central directory can be told to lie."""
+    out = io.BytesIO()
+    out.write(prefix)
+    central = []
+    for name, data in members:
+        nb = name.encode()
+        method, payload = 0, data
+        if name in deflate:
+            c = zlib.compressobj(6, zlib.DEFLATED, -15)
+            payload, method = c.compress(data) + c.flush(), 8
+        crc = zlib.crc32((crc_of or {}).get(name, data)) & 0xFFFFFFFF
+        usize = (size_of or {}).get(name, len(data))
+        off = out.tell()
+        out.write(
+            struct.pack(
+                "<4s5H3L2H",
+                b"PK\x03\x04",
+                20,
+                0,
+                method,
+                0,
+                0,
+                crc,
+                len(payload),
+                usize,
+                len(nb),
+                0,
+            )
+        )
+        out.write(nb + payload)
+        off = (offsets or {}).get(name, off)
+        central.append(
+            struct.pack(
+                "<4s6H3L5H2L",
+                b"PK\x01\x02",
+                20,
+                20,
+                0,
+                method,
+                0,
+                0,
+                crc,
+                len(payload),
+                usize,
+                len(nb),
+                0,
+                0,
+                0,
+                0,
+                0,
+                off,
+            )
+            + nb
+        )
+    cd = out.tell()
+    for c in central:
+        out.write(c)
+    out.write(
+        struct.pack(
+            "<4s4H2LH", b"PK\x05\x06", 0, 0, len(central), len(central), out.tell() - cd, cd, 0
+        )
+    )
+    return out.getvalue() + suffix
+
+
+def small_zip() -> list[tuple[str, bytes]]:
+    return entries(torch_bytes({"w": torch.arange(4, dtype=torch.float32)}))
+
+
+def with_pickle(pkl: bytes, storage: bytes = b"\x00" * 16) -> bytes:
+    return write_zip([("a/data.pkl", pkl), ("a/byteorder", b"little"), ("a/data/0", storage)])
+
+
+def rebuild(
+    size: tuple[int, ...], stride: tuple[int, ...], numel: int = 4, offset: int = 0
+) -> bytes:
+    """data.pkl: _rebuild_tensor_v2 over FloatStorage '0' of ``numel`` elements."""
+
+    def tup(vals: tuple[int, ...]) -> bytes:
+        return (
+            b"("
+            + b"".join(
+                b"J" + struct.pack("<i", v) if v < 2**31 else b"\x8a\x08" + struct.pack("<q", v)
+                for v in vals
+            )
+            + b"t"
+        )
+
+    pid = (
+        b"(X\x07\x00\x00\x00storagectorch\nFloatStorage\nX\x01\x00\x00\x000X\x03\x00\x00\x00cpuJ"
+        + struct.pack("<i", numel)
+        + b"tQ"
+    )
+    return (
+        b"\x80\x02ctorch._utils\n_rebuild_tensor_v2\n("
+        + pid
+        + b"J"
+        + struct.pack("<i", offset)
+        + tup(size)
+        + tup(stride)
+        + b"\x89ccollections\nOrderedDict\n)RtR."
+    )
+
+
+# -- the happy path: zero copy, sharing -----------------------------------------------------
+def address(buf: bytearray) -> int:
+    return ctypes.addressof((ctypes.c_char * len(buf)).from_buffer(buf))
+
+
+def test_tensors_are_views_of_the_callers_buffer() -> None:
+    t = torch.randn(6, 4)
+    buf = bytearray(torch_bytes({"a": t, "b": t[2:], "c": t.t()}))
+    out = read(buf, name="x.pt").value
+    base = address(buf)
+    ptr = out["a"].untyped_storage().data_ptr()
+    assert base <= ptr < base + len(buf)  # zero-copy: the storage is inside our buffer
+    assert out["b"].untyped_storage().data_ptr() == ptr == out["c"].untyped_storage().data_ptr()
+    assert out["c"].stride() == (1, 4) and torch.equal(out["c"], t.t())
+    arrays = read(buf, name="x.pt", framework="numpy").value
+    assert np.shares_memory(arrays["a"], arrays["b"]) and np.shares_memory(arrays["a"], arrays["c"])
+    assert arrays["c"].strides == (4, 16)
+
+
+def test_legacy_format_shares_storages_and_reads_every_dtype(assert_same: Any) -> None:
+    t = torch.randn(4, 4)
+    obj = {
+        "a": t, "b": t[1:], "t": t.t(), "bf": torch.randn(3).bfloat16(), "e": torch.empty(0),
+        "i8": torch.arange(5).to(torch.int8), "c": torch.randn(2, dtype=torch.complex64),
+        "p": torch.nn.Parameter(torch.ones(2)),
+    }  # fmt: skip
+    data = torch_bytes(obj, _use_new_zipfile_serialization=False)
+    got = read(data, name="legacy.pt").value
+    assert_same(got, torch.load(io.BytesIO(data), weights_only=True))
+    assert got["a"].untyped_storage().data_ptr() == got["t"].untyped_storage().data_ptr()
+    assert analyze(data).format == "torch_legacy"
+
+
+# -- zip attacks ------------------------------------------------------------------------------
+def test_duplicate_member_names_are_refused() -> None:
+    ents = small_zip()
+    pkl = next(d for n, d in ents if n.endswith("data.pkl"))
+    root = ents[0][0].split("/")[0]
+    with pytest.raises(FormatError) as info:
+        read(write_zip([*ents, (f"{root}/data.pkl", pkl)]))
+    assert info.value.rule == "zip.duplicate_name"
+
+
+@pytest.mark.parametrize(
+    "bad", ["a/../data.pkl", "/a/data.pkl", "a\\data.pkl", "a//data.pkl", "C:/x"]
+)
+def test_unsafe_member_names_are_refused(bad: str) -> None:
+    with pytest.raises(FormatError) as info:
+        ZipArchive(write_zip([(bad, b"x")]), limits=Limits())
+    assert info.value.rule == "zip.name"
+
+
+def test_overlapping_members_are_refused() -> None:
+    # b's local header sits inside a's data: two names for overlapping bytes.
+    inner = (
+        struct.pack("<4s5H3L2H", b"PK\x03\x04", 20, 0, 0, 0, 0, zlib.crc32(b"zz"), 2, 2, 1, 0)
+        + b"bzz"
+    )
+    data = write_zip([("a", inner), ("b", b"zz")], offsets={"b": 30 + 1})
+    with pytest.raises(FormatError) as info:
+        ZipArchive(data, limits=Limits())
+    assert info.value.rule in ("zip.overlap", "zip.gap", "zip.desync")
+
+
+def test_bad_crc_is_refused_when_read() -> None:
+    ents = small_zip()
+    pkl_name = next(n for n, _ in ents if n.endswith("data.pkl"))
+    data = write_zip(ents, crc_of={pkl_name: b"something else"})
+    with pytest.raises(FormatError) as info:
+        read(data)
+    assert info.value.rule == "zip.crc"
+
+
+def test_deflate_bomb_is_refused_before_decompressing() -> None:
+    bomb = b"\x00" * (4 << 20)
+    with pytest.raises(LimitExceededError):
+        ZipArchive(
+            write_zip([("x.npy", bomb)], deflate=("x.npy",)),
+            limits=Limits(max_decompressed_bytes=1 << 20),
+        )
+
+
+def test_deflate_size_lie_is_refused() -> None:
+    data = write_zip([("x.npy", b"\x00" * 100_000)], deflate=("x.npy",), size_of={"x.npy": 10})
+    archive = ZipArchive(data, limits=Limits())
+    with pytest.raises(FormatError) as info:
+        archive.read("x.npy")
+    assert info.value.rule == "zip.deflate"
+
+
+def test_data_after_end_and_before_start_are_refused() -> None:
+    ents = small_zip()
+    with pytest.raises(FormatError) as info:
+        read(write_zip(ents, suffix=b"trailing payload"))
+    assert info.value.rule == "zip.trailing_data"
+    with pytest.raises(FormatError) as info:
+        read(write_zip(ents, prefix=b"\x80\x02K\x01."))
+    assert info.value.rule in ("zip.gap", "pickle.trailing_data")  # a pickle+zip polyglot
+
+
+def test_member_count_is_bounded() -> None:
+    data = write_zip([(f"a/{i}", b"") for i in range(20)])
+    with pytest.raises(LimitExceededError):
+        ZipArchive(data, limits=Limits(max_zip_members=10))
+
+
+def test_two_top_level_folders_are_refused() -> None:
+    ents = small_zip()
+    data = write_zip([*ents, ("other/data.pkl", b"\x80\x02K\x01.")])
+    with pytest.raises(FormatError):
+        read(data)
+
+
+def test_big_endian_checkpoint_is_refused() -> None:
+    ents = [(n, b"big" if n.endswith("/byteorder") else d) for n, d in small_zip()]
+    with pytest.raises(UnsupportedFormatError) as info:
+        read(write_zip(ents))
+    assert info.value.rule == "torch.byteorder"
+
+
+# -- storages and views -------------------------------------------------------------------------
+def test_storage_record_size_must_match_the_pickle() -> None:
+    ents = [(n, d[:-4] if "/data/" in n else d) for n, d in small_zip()]
+    with pytest.raises(FormatError) as info:
+        read(write_zip(ents))
+    assert info.value.rule == "torch.storage_size"
+
+
+def test_missing_storage_record_is_refused() -> None:
+    ents = [(n, d) for n, d in small_zip() if "/data/" not in n]
+    with pytest.raises(FormatError) as info:
+        read(write_zip(ents))
+    assert info.value.rule == "torch.storage"
+
+
+def test_handmade_checkpoint_reads() -> None:
+    out = read(with_pickle(rebuild((2, 2), (2, 1))), framework="numpy").value
+    assert out.shape == (2, 2) and out.dtype == np.float32
+
+
+def test_view_outside_its_storage_is_refused() -> None:
+    with pytest.raises(FormatError):
+        read(with_pickle(rebuild((100,), (1,))))
+    with pytest.raises(FormatError):
+        read(with_pickle(rebuild((2,), (1,), offset=3)))
+
+
+def test_stride_zero_huge_view_is_refused_by_limit() -> None:
+    with pytest.raises(LimitExceededError):
+        read(with_pickle(rebuild((2**41,), (0,))))
+    with pytest.raises(LimitExceededError):
+        read(with_pickle(rebuild((10**6,), (0,))), limits=Limits(max_tensor_elements=1000))
+
+
+def test_stride_zero_small_view_is_fine() -> None:
+    out = read(with_pickle(rebuild((3, 4), (0, 1)))).value
+    assert out.shape == (3, 4) and out.stride() == (0, 1)
+
+
+def test_trailing_bytes_after_data_pkl_are_refused() -> None:
+    with pytest.raises(FormatError):
+        read(with_pickle(rebuild((2,), (1,)) + b"junk"))
+
+
+def test_legacy_storage_count_mismatch_and_trailing_bytes() -> None:
+    data = bytearray(torch_bytes({"w": torch.arange(4.0)}, _use_new_zipfile_serialization=False))
+    tail = len(data) - 16 - 8
+    assert struct.unpack_from("<q", data, tail)[0] == 4
+    bad = bytearray(data)
+    struct.pack_into("<q", bad, tail, 3)
+    with pytest.raises(FormatError) as info:
+        read(bytes(bad))
+    assert info.value.rule == "torch.storage_size"
+    with pytest.raises(FormatError):
+        read(bytes(data) + b"x")
+    with pytest.raises(FormatError):
+        read(bytes(data[:-1]))
