@@ -53,13 +53,52 @@ def storage_pl(pid: object) -> StorageRef:
 
 _shared = [1, 2]
 PLAIN: list[object] = [
-    None, True, False, 0, 1, -1, 255, 256, 65535, 65536, -(2**31), 2**31, 2**64, -(2**200),
-    0.0, -1.5, 1e300, float("inf"), "", "ascii", "h\u00e9llo \u2603 \U0001f600", "\n\\'\"",
-    b"", b"\x00\xff" * 200, bytearray(b"ab"), bytearray(), [], [1, [2, [3]]], (), (1,), (1, 2),
-    (1, 2, 3), (1, 2, 3, 4), {}, {"a": {1: 2}, 3: [None]}, {1, 2, "x"}, frozenset({3, (4,)}),
-    frozenset(), 1 + 2j, slice(1, 10, 2), collections.OrderedDict([("b", 1), ("a", 2)]),
-    "x" * 1000, list(range(2500)), {str(i): i for i in range(1500)}, [_shared, _shared],
-]  # fmt: skip
+    None,
+    True,
+    False,
+    0,
+    1,
+    -1,
+    255,
+    256,
+    65535,
+    65536,
+    -(2**31),
+    2**31,
+    2**64,
+    -(2**200),
+    0.0,
+    -1.5,
+    1e300,
+    float("inf"),
+    "",
+    "ascii",
+    "h\u00e9llo \u2603 \U0001f600",
+    "\n\\'\"",
+    b"",
+    b"\x00\xff" * 200,
+    bytearray(b"ab"),
+    bytearray(),
+    [],
+    [1, [2, [3]]],
+    (),
+    (1,),
+    (1, 2),
+    (1, 2, 3),
+    (1, 2, 3, 4),
+    {},
+    {"a": {1: 2}, 3: [None]},
+    {1, 2, "x"},
+    frozenset({3, (4,)}),
+    frozenset(),
+    1 + 2j,
+    slice(1, 10, 2),
+    collections.OrderedDict([("b", 1), ("a", 2)]),
+    "x" * 1000,
+    list(range(2500)),
+    {str(i): i for i in range(1500)},
+    [_shared, _shared],
+]
 
 
 @pytest.mark.parametrize("protocol", range(6))
@@ -207,12 +246,30 @@ def test_torch_views_dtypes_parameters_and_markers() -> None:
     torch = pytest.importorskip("torch")
     base = torch.arange(24.0).reshape(4, 6)
     tensors = {
-        "base": base, "t": base.t(), "slice": base[1:, ::2], "zero": torch.zeros(0, 3),
+        "base": base,
+        "t": base.t(),
+        "slice": base[1:, ::2],
+        "zero": torch.zeros(0, 3),
         "scalar": torch.tensor(3.0),
-    }  # fmt: skip
-    for dt in ("float16", "bfloat16", "float64", "int8", "int16", "int32", "int64", "uint8",
-               "bool", "complex64", "complex128", "float8_e4m3fn", "float8_e5m2", "uint16",
-               "uint32", "uint64"):  # fmt: skip
+    }
+    for dt in (
+        "float16",
+        "bfloat16",
+        "float64",
+        "int8",
+        "int16",
+        "int32",
+        "int64",
+        "uint8",
+        "bool",
+        "complex64",
+        "complex128",
+        "float8_e4m3fn",
+        "float8_e5m2",
+        "uint16",
+        "uint32",
+        "uint64",
+    ):
         tensors[dt] = torch.zeros(3, dtype=getattr(torch, dt))
     obj = {
         **tensors,
@@ -291,9 +348,22 @@ def test_unknown_global_names_the_global_and_offset() -> None:
         (["EMPTY_DICT", "EMPTY_TUPLE", "NEWOBJ"], "pickle.reduce"),
         ([glob("torch", "Tensor"), "EMPTY_TUPLE", "REDUCE"], "pickle.reduce"),
         ([glob("torch._utils", "_rebuild_tensor_v2"), "EMPTY_TUPLE", "NEWOBJ"], "pickle.reduce"),
-        (["MARK", glob("collections", "OrderedDict"), "OBJ", "EMPTY_DICT", "EMPTY_DICT",
-          ustr("x"), ("BININT1", 1), "SETITEM", "TUPLE2", "EMPTY_DICT", "NEWOBJ_EX"],
-         "pickle.reduce"),
+        (
+            [
+                "MARK",
+                glob("collections", "OrderedDict"),
+                "OBJ",
+                "EMPTY_DICT",
+                "EMPTY_DICT",
+                ustr("x"),
+                ("BININT1", 1),
+                "SETITEM",
+                "TUPLE2",
+                "EMPTY_DICT",
+                "NEWOBJ_EX",
+            ],
+            "pickle.reduce",
+        ),
         (["EMPTY_DICT", "EMPTY_DICT", "BUILD"], "pickle.build"),
         (["EMPTY_LIST", "EMPTY_DICT", "BUILD"], "pickle.build"),
         ([glob("torch", "float32"), "EMPTY_DICT", "BUILD"], "pickle.build"),
@@ -301,7 +371,7 @@ def test_unknown_global_names_the_global_and_offset() -> None:
         (["EMPTY_LIST", "NONE", "NONE", "SETITEM"], "pickle.opcodes"),
         (["EMPTY_LIST", "MARK", "NONE", "ADDITEMS"], "pickle.opcodes"),
     ],
-)  # fmt: skip
+)
 def test_refusals(ops: list[Any], rule: str) -> None:
     refused(asm(("PROTO", 4), *ops, "STOP"), UnsafeModelError, rule)
 
@@ -339,7 +409,7 @@ def test_build_on_ordered_dict_cannot_shadow_methods() -> None:
         ([("FRAME", 1000), "NONE"], "pickle.truncated"),
         (["EMPTY_DICT", "EMPTY_LIST", "NONE", "SETITEM"], "pickle.malformed"),
     ],
-)  # fmt: skip
+)
 def test_format_errors(ops: list[Any], rule: str) -> None:
     refused(asm(*ops), FormatError, rule)
 
@@ -354,20 +424,41 @@ def test_every_prefix_of_a_real_pickle_is_a_truncation() -> None:
 # --- tensor argument checks ---------------------------------------------------------------
 
 
-def _tensor(storage_numel: int, offset: int, size: tuple[Any, ...], stride: tuple[Any, ...],
-            hooks: list[Any] | None = None, dtype: str = "FloatStorage") -> bytes:  # fmt: skip
-    pid = ["MARK", ustr("storage"), glob("torch", dtype), ustr("0"), ustr("cpu"),
-           ("BININT", storage_numel), "TUPLE", "BINPERSID"]  # fmt: skip
+def _tensor(
+    storage_numel: int,
+    offset: int,
+    size: tuple[Any, ...],
+    stride: tuple[Any, ...],
+    hooks: list[Any] | None = None,
+    dtype: str = "FloatStorage",
+) -> bytes:
+    pid = [
+        "MARK",
+        ustr("storage"),
+        glob("torch", dtype),
+        ustr("0"),
+        ustr("cpu"),
+        ("BININT", storage_numel),
+        "TUPLE",
+        "BINPERSID",
+    ]
 
     def tup(xs: tuple[Any, ...]) -> list[Any]:
         return ["MARK", *[("BININT", x) if isinstance(x, int) else x for x in xs], "TUPLE"]
 
     hooks_ops = hooks if hooks is not None else ["NONE"]
     return asm(
-        call(glob("torch._utils", "_rebuild_tensor_v2"), pid, ("BININT", offset), tup(size),
-             tup(stride), "NEWFALSE", hooks_ops),
+        call(
+            glob("torch._utils", "_rebuild_tensor_v2"),
+            pid,
+            ("BININT", offset),
+            tup(size),
+            tup(stride),
+            "NEWFALSE",
+            hooks_ops,
+        ),
         "STOP",
-    )  # fmt: skip
+    )
 
 
 def test_tensor_checks_accept_a_good_view() -> None:
@@ -397,8 +488,14 @@ def test_tensor_checks_refuse_bad_views(args: tuple[Any, ...], cls: type, rule: 
 
 
 def test_tensor_hooks_must_be_empty_and_storage_must_be_a_storage() -> None:
-    hooks = [glob("collections", "OrderedDict"), "EMPTY_TUPLE", "REDUCE", ustr("h"), "NONE",
-             "SETITEM"]  # fmt: skip
+    hooks = [
+        glob("collections", "OrderedDict"),
+        "EMPTY_TUPLE",
+        "REDUCE",
+        ustr("h"),
+        "NONE",
+        "SETITEM",
+    ]
     with pytest.raises(UnsafeModelError) as ei:
         run(_tensor(4, 0, (2,), (1,), hooks), persistent_load=storage_pl)
     assert ei.value.rule == "pickle.tensor_hooks"
@@ -410,8 +507,12 @@ def test_persistent_load_errors_are_wrapped() -> None:
     def boom(pid: object) -> object:
         raise KeyError(pid)
 
-    err = refused(asm(ustr("x"), "BINPERSID", "STOP"), FormatError, "pickle.persistent_id",
-                  persistent_load=boom)  # fmt: skip
+    err = refused(
+        asm(ustr("x"), "BINPERSID", "STOP"),
+        FormatError,
+        "pickle.persistent_id",
+        persistent_load=boom,
+    )
     assert "KeyError" in (err.detail or "")
 
 
@@ -442,7 +543,7 @@ def test_limit_container_nesting_through_memo() -> None:
     for _ in range(300):
         body += [("BINPUT", 0), "POP", "EMPTY_LIST", ("BINGET", 0), "APPEND"]
     limited(asm(*body, "STOP"), "max_nesting_depth", 100)
-    value = run(asm(*body[:1 + 5 * 50], "STOP"))
+    value = run(asm(*body[: 1 + 5 * 50], "STOP"))
     depth = 0
     while value:
         value, depth = value[0], depth + 1
@@ -482,15 +583,32 @@ def test_limit_tensor_dims_and_elements_via_numpy() -> None:
 def test_collect_unsafe_lists_every_global_and_keeps_going() -> None:
     hidden = [ustr("o" + "s"), ("BINPUT", 1), "POP", ustr("sys" + "tem"), ("BINPUT", 2), "POP"]
     data = asm(
-        ("PROTO", 4), hidden, "EMPTY_DICT",
-        ustr("a"), call(glob("builtins", "eval"), ustr("1")), "SETITEM",
-        ustr("b"), ("BINGET", 1), ("BINGET", 2), "STACK_GLOBAL",
-        ustr("rm"), "TUPLE1", "REDUCE", "SETITEM",
-        ustr("c"), sglobal("subprocess", "Popen"), "EMPTY_TUPLE", "NEWOBJ", "EMPTY_DICT", "BUILD",
+        ("PROTO", 4),
+        hidden,
+        "EMPTY_DICT",
+        ustr("a"),
+        call(glob("builtins", "eval"), ustr("1")),
         "SETITEM",
-        ustr("d"), ("BININT1", 5), "SETITEM",
+        ustr("b"),
+        ("BINGET", 1),
+        ("BINGET", 2),
+        "STACK_GLOBAL",
+        ustr("rm"),
+        "TUPLE1",
+        "REDUCE",
+        "SETITEM",
+        ustr("c"),
+        sglobal("subprocess", "Popen"),
+        "EMPTY_TUPLE",
+        "NEWOBJ",
+        "EMPTY_DICT",
+        "BUILD",
+        "SETITEM",
+        ustr("d"),
+        ("BININT1", 5),
+        "SETITEM",
         "STOP",
-    )  # fmt: skip
+    )
     found: list[str] = []
     value = run(data, collect_unsafe=found)
     assert found == ["builtins.eval", "os.system", "subprocess.Popen"]
@@ -538,8 +656,16 @@ def _clean_registry() -> Any:
 
 
 def test_safe_globals_need_reasons_and_classes() -> None:
-    for bad in [(Point, ""), (Point, "  "), (Point,), (len, "builtin"), (print, "x"),
-                (lambda: 0, "fn"), (Point, 3), (Point, "a.b", "")]:  # fmt: skip
+    for bad in [
+        (Point, ""),
+        (Point, "  "),
+        (Point,),
+        (len, "builtin"),
+        (print, "x"),
+        (lambda: 0, "fn"),
+        (Point, 3),
+        (Point, "a.b", ""),
+    ]:
         with pytest.raises(UsageError):
             add_safe_globals([bad])  # type: ignore[list-item]
     with pytest.raises(UsageError):
@@ -575,8 +701,15 @@ def test_user_class_with_slots_and_explicit_name() -> None:
 def test_user_class_state_must_be_plain() -> None:
     add_safe_globals([(Point, "data")])
     new = [glob(__name__, "Point"), "EMPTY_TUPLE", "NEWOBJ"]
-    bad_state = asm(*new, "EMPTY_DICT", ustr("x"), glob("torch._utils", "_rebuild_tensor_v2"),
-                    "SETITEM", "BUILD", "STOP")  # fmt: skip
+    bad_state = asm(
+        *new,
+        "EMPTY_DICT",
+        ustr("x"),
+        glob("torch._utils", "_rebuild_tensor_v2"),
+        "SETITEM",
+        "BUILD",
+        "STOP",
+    )
     refused(bad_state, UnsafeModelError, "pickle.build")
     dunder = asm(*new, "EMPTY_DICT", ustr("__class__"), "NONE", "SETITEM", "BUILD", "STOP")
     refused(dunder, UnsafeModelError, "pickle.build")
@@ -617,7 +750,7 @@ def test_explicit_safe_globals_mapping_replaces_registry() -> None:
 def test_every_allowlist_entry_has_a_reason_and_exact_name() -> None:
     for name, entry in ALLOWLIST.items():
         assert entry.name == name and "." in name and entry.reason.strip()
-        assert (entry.reduce or entry.newobj or entry.has_value or entry.tag), name
+        assert entry.reduce or entry.newobj or entry.has_value or entry.tag, name
 
 
 def test_no_stock_unpickler_is_used(no_torch_load: None, tmp_path: Path) -> None:
