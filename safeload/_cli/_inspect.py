@@ -28,6 +28,7 @@ logger = logging.getLogger(__name__)
 @click.option(
     "--format",
     "fmt",
+    envvar="SAFELOAD_INSPECT_FORMAT",
     type=click.Choice(["text", "json"]),
     default="text",
     show_default=True,

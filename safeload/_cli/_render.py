@@ -59,6 +59,23 @@ _SCANNER_RULES: dict[str, tuple[str, str]] = {
     ),
 }
 
+# Finer codes the pickle reader raises within the SL1xx family (see formats/_pickle_vm.py).
+_READER_RULES: dict[str, tuple[str, str]] = {
+    "SL102": (
+        "DisallowedOpcode",
+        "The pickle uses an opcode, or an opcode on an operand, that is not allowed.",
+    ),
+    "SL103": (
+        "DisallowedConstruct",
+        "An allowlisted global was called or built with arguments outside its safe shape.",
+    ),
+    "SL104": (
+        "UnexpectedPersistentId",
+        "A persistent id appears in a pickle whose container does not define any.",
+    ),
+    "SL105": ("BadMemoReference", "The pickle reads a memo slot it never wrote."),
+}
+
 _VERDICT_STYLE = {"clean": "green", "unsafe": "bold red", "error": "yellow", "skipped": "dim"}
 
 
@@ -76,7 +93,8 @@ def rule_catalogue() -> dict[str, tuple[str, str]]:
     for cls in _error_classes():
         doc = (cls.__doc__ or cls.__name__).strip().splitlines()[0]
         table.setdefault(cls.code, (cls.__name__, doc))
-    table.update(_SCANNER_RULES)
+    for code, entry in {**_READER_RULES, **_SCANNER_RULES}.items():
+        table.setdefault(code, entry)
     return dict(sorted(table.items()))
 
 

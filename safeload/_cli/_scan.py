@@ -82,6 +82,7 @@ def _limits_from_policy(policy_file: str | None) -> safeload.Limits | None:
 @click.option(
     "--format",
     "fmt",
+    envvar="SAFELOAD_SCAN_FORMAT",
     type=click.Choice(["text", "json", "sarif"]),
     default="text",
     show_default=True,
