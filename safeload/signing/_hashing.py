@@ -150,6 +150,20 @@ def _scratch() -> memoryview:
     return buf
 
 
+_MADV_POPULATE_WRITE = getattr(mmap, "MADV_POPULATE_WRITE", 23)
+
+
+def _prefault(buffer: mmap.mmap, start: int, end: int) -> None:
+    """Allocate this range's pages in one call (Linux >= 5.14), on the worker's own core.
+
+    Faulting 4 KiB pages one by one during ``preadv`` costs more than the copy itself; this is
+    only a speed-up, so a kernel without MADV_POPULATE_WRITE simply skips it.
+    """
+    aligned = start - start % mmap.PAGESIZE
+    with contextlib.suppress(OSError, ValueError):
+        buffer.madvise(_MADV_POPULATE_WRITE, aligned, end - aligned)
+
+
 def _hash_range(f: _Open, start: int, end: int, hasher: _Hasher, progress: _Progress) -> None:
     """Feed bytes [start, end) of ``f`` to ``hasher``, keeping them if ``f`` keeps bytes."""
     if f.keep == "mmap" and f.buffer is not None:
@@ -158,6 +172,8 @@ def _hash_range(f: _Open, start: int, end: int, hasher: _Hasher, progress: _Prog
             hasher.update(view[off:min(off + _CHUNK, end)])
             progress.add(min(off + _CHUNK, end) - off)
         return
+    if f.buffer is not None and end > start:
+        _prefault(f.buffer, start, end)
     off = start
     while off < end:
         want = min(_CHUNK, end - off)

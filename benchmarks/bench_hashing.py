@@ -1,0 +1,176 @@
+"""Hashing throughput and verify-then-load overhead; prints ratios.
+
+Run: ``nice python benchmarks/bench_hashing.py [--size-gib 2] [--repeat 2]``.
+
+Compares, on a model of four files and on one single file (2 GiB each by default):
+  * safeload.hash_model (OMS shards, threads)            -> target >= 0.9 x cores x one-thread
+  * model_signing's hashing API (shards and files)          (reference)
+  * one-thread hashlib.sha256 over the same bytes           (baseline)
+and, for a signed safetensors model, safeload.verify (one read into private memory, hashed)
+plus building NumPy views of every tensor over the verified buffers, against hash-only time
+(target <= 1.15x). Files are hashed once before timing so every contender sees a warm page
+cache. Numbers on a shared machine are noisy; the best of ``--repeat`` runs is reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import struct
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+import safeload
+from safeload.policy import KeySigner
+from safeload.signing import TrustSettings
+
+_MiB = 1 << 20
+
+
+def _best(fn: Callable[[], object], repeat: int) -> float:
+    best = float("inf")
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def _one_thread_sha256(root: Path) -> None:
+    buf = bytearray(8 * _MiB)
+    view = memoryview(buf)
+    for f in sorted(root.rglob("*")):
+        if f.is_file() and f.name != "model.sig":
+            h = hashlib.sha256()
+            with f.open("rb", buffering=0) as fh:
+                while n := fh.readinto(buf):
+                    h.update(view[:n])
+
+
+def _write_safetensors(path: Path, size: int) -> None:
+    """A real safetensors file of ``size`` bytes of float32 data in 64 MiB tensors."""
+    rng = np.random.default_rng(0)
+    block = rng.standard_normal(16 * _MiB // 4, dtype=np.float32).tobytes()
+    n_tensors = max(1, size // (64 * _MiB))
+    per = size // n_tensors // 4 * 4
+    header: dict[str, object] = {}
+    off = 0
+    for i in range(n_tensors):
+        header[f"t{i}"] = {"dtype": "F32", "shape": [per // 4], "data_offsets": [off, off + per]}
+        off += per
+    raw = json.dumps(header).encode()
+    raw += b" " * (-len(raw) % 8)
+    with path.open("wb") as fh:
+        fh.write(struct.pack("<Q", len(raw)) + raw)
+        written = 0
+        while written < off:
+            chunk = block[: min(len(block), off - written)]
+            fh.write(chunk)
+            written += len(chunk)
+
+
+def _views(buf: memoryview) -> int:
+    """Zero-copy NumPy views over a verified safetensors buffer (what a loader does)."""
+    (n,) = struct.unpack("<Q", buf[:8])
+    header = json.loads(bytes(buf[8 : 8 + n]))
+    base = 8 + n
+    count = 0
+    for name, meta in header.items():
+        if name == "__metadata__":
+            continue
+        start, end = meta["data_offsets"]
+        arr = np.frombuffer(buf[base + start : base + end], dtype=np.float32)
+        count += arr.size
+    return count
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--size-gib", type=float, default=2.0)
+    ap.add_argument("--repeat", type=int, default=2)
+    ap.add_argument("--dir", default=None, help="scratch folder (default: a temp dir)")
+    args = ap.parse_args()
+    size = int(args.size_gib * (1 << 30))
+    cores = len(os.sched_getaffinity(0))
+    try:
+        from model_signing import hashing as ms_hashing
+    except ImportError:
+        ms_hashing = None
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
+        tmpd = Path(tmp)
+        four = tmpd / "four"
+        four.mkdir()
+        for i in range(4):
+            _write_safetensors(four / f"model-{i:05d}-of-00004.safetensors", size // 4)
+        single = tmpd / "single"
+        single.mkdir()
+        _write_safetensors(single / "model.safetensors", size)
+        print(f"cores={cores} size={size / (1 << 30):.2f} GiB repeat={args.repeat}")
+        for label, root in (("four files", four), ("one file", single)):
+            _one_thread_sha256(root)  # warm the page cache
+            base = _best(lambda r=root: _one_thread_sha256(r), args.repeat)
+            ours = _best(lambda r=root: safeload.hash_model(r), args.repeat)
+            gbps = lambda t: size / t / 1e9  # noqa: E731
+            print(f"\n[{label}]")
+            print(f"  hashlib sha256, one thread : {base:6.2f} s  {gbps(base):5.2f} GB/s")
+            print(f"  safeload.hash_model        : {ours:6.2f} s  {gbps(ours):5.2f} GB/s  "
+                  f"speedup x{base / ours:.2f} (target >= {0.9 * cores:.2f})")
+            if ms_hashing is not None:
+                ms_sh = _best(lambda r=root: ms_hashing.Config().use_shard_serialization()
+                              .hash(r), args.repeat)
+                ms_f = _best(lambda r=root: ms_hashing.Config().use_file_serialization()
+                             .hash(r), args.repeat)
+                print(f"  model_signing shards       : {ms_sh:6.2f} s  {gbps(ms_sh):5.2f} GB/s  "
+                      f"safeload is x{ms_sh / ours:.2f} faster")
+                print(f"  model_signing files        : {ms_f:6.2f} s  {gbps(ms_f):5.2f} GB/s  "
+                      f"safeload is x{ms_f / ours:.2f} faster")
+
+        key = ec.generate_private_key(ec.SECP256R1())
+        kp = tmpd / "k.pem"
+        kp.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                         serialization.PrivateFormat.PKCS8,
+                                         serialization.NoEncryption()))
+        pub = key.public_key().public_bytes(serialization.Encoding.PEM,
+                                            serialization.PublicFormat.SubjectPublicKeyInfo)
+        safeload.sign(four, method="key", private_key=kp)
+        signer = KeySigner(public_key=pub.decode())
+
+        def verify_and_load() -> None:
+            model = safeload.verify(four, signers=[signer])
+            for vf in model:
+                _views(vf.buffer())
+
+        mapped = TrustSettings(signers=(signer,), allow_unsafe_mmap=True)
+
+        def verify_and_load_mmap() -> None:
+            model = safeload.verify(four, policy=mapped, keep_bytes=False, unsafe_mmap=True)
+            for vf in model:
+                _views(vf.buffer())
+
+        hash_only = _best(lambda: safeload.hash_model(four), args.repeat)
+        verify_only = _best(lambda: safeload.verify(four, signers=[signer], keep_bytes=False),
+                            args.repeat)
+        vl = _best(verify_and_load, args.repeat)
+        vm = _best(verify_and_load_mmap, args.repeat)
+        print("\n[signed safetensors model, four files]")
+        print(f"  hash only (hash_model)     : {hash_only:6.2f} s")
+        print(f"  verify, bytes not kept     : {verify_only:6.2f} s  "
+              f"ratio x{verify_only / hash_only:.2f}")
+        print(f"  verify + load (private copy): {vl:5.2f} s  ratio x{vl / hash_only:.2f} "
+              "(target <= 1.15)")
+        print(f"  verify + load (unsafe_mmap): {vm:6.2f} s  ratio x{vm / hash_only:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
