@@ -182,3 +182,57 @@ def test_pinned_digest_checked_on_verified_bytes(signed_model: tuple[Path, Path]
         policy.read_text() + f'[trust.pinned_digests]\n"w.safetensors" = "sha256:{sha}"\n'
     )
     assert _load_through_gate(vf, pinned) is not None
+
+
+# --- through safeload.load ----------------------------------------------------------------------
+
+
+def test_load_with_policy_enforces_and_audits(raw_pickle: Path, tmp_path: Path) -> None:
+    strict = tmp_path / "enforce.toml"
+    strict.write_text('version = 1\naudit_log = "a.jsonl"\n')
+    with pytest.raises(PolicyViolation) as info:
+        safeload.load(raw_pickle, policy=strict)
+    assert info.value.rule == "formats.allowed"
+    with pytest.raises(PolicyViolation):
+        safeload.load(raw_pickle, policy=Policy())
+    [line] = [json.loads(x) for x in (tmp_path / "a.jsonl").read_text().splitlines()]
+    assert line["verdict"] == "refuse" and line["path"] == str(raw_pickle)
+
+
+def test_load_in_audit_mode_loads_violating_model(raw_pickle: Path, tmp_path: Path) -> None:
+    audit = tmp_path / "audit.toml"
+    audit.write_text('version = 1\nmode = "audit"\naudit_log = "a.jsonl"\n')
+    assert safeload.load(raw_pickle, policy=audit) == {"lr": 0.1, "steps": [1, 2, 3]}
+    line = json.loads((tmp_path / "a.jsonl").read_text())
+    assert line["verdict"] == "audit_violation" and line["rules"][0]["seen"] == "pickle"
+
+
+def test_load_takes_limits_from_policy(st_file: Path) -> None:
+    with pytest.raises(safeload.RefusedError) as info:
+        safeload.load(st_file, framework="numpy", policy=Policy(limits={"max_file_bytes": 10}))
+    assert info.value.rule == "limits.max_file_bytes"
+    # A caller's limits cannot raise the policy's.
+    with pytest.raises(safeload.RefusedError):
+        safeload.load(
+            st_file,
+            framework="numpy",
+            limits=Limits(max_file_bytes=1 << 40),
+            policy=Policy(limits={"max_file_bytes": 10}),
+        )
+
+
+def test_load_uses_discovered_policy(
+    raw_pickle: Path, st_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    env_policy = tmp_path / "env.toml"
+    env_policy.write_text("version = 1\n")
+    monkeypatch.setenv("SAFELOAD_POLICY", str(env_policy))
+    with pytest.raises(PolicyViolation):
+        safeload.load(raw_pickle)
+    assert safeload.load(st_file, framework="numpy")["w"].shape == (3, 4)
+
+
+def test_load_refuses_unregistered_policy_global(st_file: Path) -> None:
+    policy = Policy(pickle={"extra_globals": [{"name": "os.system", "reason": "no"}]})
+    with pytest.raises(PolicyError, match="not registered"):
+        safeload.load(st_file, framework="numpy", policy=policy)

@@ -20,7 +20,7 @@ from typing import IO, Any, Literal
 from safeload.errors import SourceError, UsageError
 from safeload.formats._detect import Format
 from safeload.formats._read import ReadResult, TensorInfo, analyze, read, unsafe_globals
-from safeload.policy import Limits
+from safeload.policy import Limits, Policy
 
 __all__ = ["ModelInfo", "get_unsafe_globals", "inspect", "load"]
 
@@ -206,6 +206,7 @@ def load(
     mmap: bool | None = None,
     framework: Literal["torch", "numpy"] = "torch",
     limits: Limits | None = None,
+    policy: Policy | str | os.PathLike[str] | None = None,
     **pickle_load_args: Any,
 ) -> Any:
     """Load a model file's tensors and plain values, running nothing the file names.
@@ -215,15 +216,27 @@ def load(
     legacy checkpoints, safetensors, NumPy ``.npy``/``.npz`` and plain pickles, by content.
     ``framework="numpy"`` returns NumPy arrays and works without torch. Raises a
     :class:`~safeload.errors.RefusedError` subclass when the file is refused.
+
+    ``policy`` (a ``Policy`` or a policy file) or, when not passed, a configured policy
+    (``$SAFELOAD_POLICY``, ``./safeload.toml``, ``[tool.safeload]``, ``/etc/safeload``) sets
+    the limits (a caller's ``limits`` only lowers them) and decides after reading; each
+    decision is audited, and in audit mode a violating file still loads.
     """
     device = _check_options(map_location, pickle_module, weights_only, pickle_load_args)
     if framework not in ("torch", "numpy"):
         raise UsageError(f"unknown framework {framework!r}", rule="load.framework")
     if framework == "numpy" and device is not None:
         raise UsageError("map_location needs framework='torch'", rule="load.map_location")
-    limits = limits or Limits()
+    from safeload.formats._safe_globals import get_safe_globals
+    from safeload.policy import policy_gate
+
+    gate = policy_gate(policy, limits, source=f, registered_globals=get_safe_globals())
+    limits = gate.limits
     data, name = _buffer_of(f, use_mmap=bool(mmap), limits=limits)
     result = _read_buffer(data, name=name, limits=limits, framework=framework)
+    if gate.configured:
+        shapes = [t.shape for t in result.tensors]
+        gate.check(data, name=name, fmt=result.format.value, shapes=shapes)
     value = result.value
     if device is not None:
         value = _move(value, device)

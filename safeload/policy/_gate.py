@@ -24,8 +24,9 @@ from dataclasses import dataclass, replace
 from safeload.policy._apply import select_extra_globals, tighter_limits
 from safeload.policy._audit import AUDIT_LOGGER_NAME, audit
 from safeload.policy._decide import Candidate, Decision, decide, enforce
+from safeload.policy._layering import DEFAULT_SOURCE
 from safeload.policy._limits import Limits
-from safeload.policy._load import effective_policy
+from safeload.policy._load import effective_policy, policy_files
 from safeload.policy._models import Policy
 
 __all__ = ["PolicyGate", "policy_gate"]
@@ -42,6 +43,8 @@ class PolicyGate:
     """The limits to give the reader: the policy's, lowered by the caller's."""
     verified: bool = False
     digest: str | None = None
+    configured: bool = True
+    """False when no policy was passed or found (the built-in default applies to limits only)."""
     signers: tuple[str, ...] = ()
 
     def _want_digest(self, level: int) -> bool:
@@ -105,6 +108,7 @@ def policy_gate(
     is refused here, before any bytes are read.
     """
     effective = effective_policy(policy)
+    configured = policy is not None or policy_files(effective) != (DEFAULT_SOURCE,)
     if registered_globals is not None:
         select_extra_globals(effective, registered_globals)
     digest = getattr(source, "digest", None)
@@ -117,5 +121,6 @@ def policy_gate(
         limits=tighter_limits(effective.limits, limits),
         verified=verified,
         digest=digest if plain else None,
+        configured=configured,
         signers=tuple(str(s) for s in signers or ()),
     )
