@@ -9,7 +9,10 @@ will not read are still *detected* (so the scanner can report them); readers ref
 
 from __future__ import annotations
 
+import io
 import json
+import pickletools  # the opcode *decoder*; it never resolves or calls anything
+import re
 import struct
 from dataclasses import dataclass
 from enum import StrEnum
@@ -56,7 +59,9 @@ _LEGACY_MAGIC_TEXT = b"L" + str(LEGACY_MAGIC).encode()
 _HDF5 = b"\x89HDF\r\n\x1a\n"
 _TAR_TORCH_MEMBERS = frozenset({"sys_info", "pickle", "storages", "tensors"})
 # Opcodes a protocol 0/1 pickle (which has no PROTO header) can start with.
-_P0_FIRST = frozenset(b"(}])cNIJKLMFGSTUVXBCqhgjpr\x88\x89\x8a\x8bi")
+_P0_FIRST = frozenset(b"(}])cNIJKLMFGSTUVX")
+_P0_WINDOW = 4096
+_GLOBAL_ARG = re.compile(r"[A-Za-z_][\w.]* [A-Za-z_][\w.]*")
 
 
 def unwrap(
@@ -101,7 +106,7 @@ def _detect_raw(data: memoryview, *, limits: Limits, name: str) -> tuple[Format,
         return Format.SAFETENSORS, "8-byte header length followed by a JSON header"
     if len(head) >= 262 and head[257:262] == b"ustar":
         return _detect_tar(data)
-    if _is_pickle(head):
+    if _is_pickle(data):
         return _detect_pickle(data, head)
     if _is_onnx(data):
         return Format.ONNX, "protobuf ModelProto with ir_version and graph"
@@ -128,22 +133,23 @@ def _is_safetensors(data: memoryview) -> bool:
     return probe[:2] in (b'{"', b"{ ")
 
 
-def _is_pickle(head: bytes) -> bool:
-    if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:
+def _is_pickle(data: memoryview) -> bool:
+    if len(data) >= 2 and data[0] == 0x80 and 2 <= data[1] <= 5:
         return True
-    if not head or head[0] not in _P0_FIRST:
+    if not data or data[0] not in _P0_FIRST:
         return False
-    # Protocol 0/1 has no header: accept when the first few opcodes decode.
-    import io
-    import pickletools  # the opcode *decoder*; it never resolves or calls anything
-
+    # Protocol 0/1 has no header: accept only when the opening opcodes decode cleanly (up to
+    # STOP, or for many opcodes) and any GLOBAL names look like names. Text files fail fast.
+    window = bytes(data[:_P0_WINDOW])
     try:
-        for i, _ in enumerate(pickletools.genops(io.BytesIO(head))):
-            if i >= 3:
-                break
-    except ValueError as exc:
-        return "at end of" in str(exc) or ("no newline" in str(exc) and len(head) >= 512)
-    return True
+        for i, (op, arg, _) in enumerate(pickletools.genops(io.BytesIO(window))):
+            if op.name in ("GLOBAL", "INST") and not _GLOBAL_ARG.fullmatch(str(arg)):
+                return False
+            if op.name == "STOP" or i >= 64:
+                return True
+    except ValueError:
+        return len(data) > _P0_WINDOW  # ran off the end of the window, not a decode error
+    return False
 
 
 def _detect_pickle(data: memoryview, head: bytes) -> tuple[Format, str]:
