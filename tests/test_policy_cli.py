@@ -200,3 +200,42 @@ def test_explain_torch_zip_under_strict(tmp_path: Path) -> None:
     code, out, _ = run("explain", str(path), "--policy", str(REPO / "policies" / "strict.toml"))
     assert code == 1
     assert "(torch_zip)" in out and "formats.allowed" in out
+
+
+def test_explain_verifies_a_signed_folder(model_dir: Path, tmp_path: Path) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    import safeload
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    priv = tmp_path / "k.pem"
+    priv.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    (tmp_path / "k.pub.pem").write_bytes(
+        key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    policy = tmp_path / "signed.toml"
+    policy.write_text(
+        "version = 1\n[trust]\nrequire_signature = true\n"
+        '[[trust.signers]]\nmethod = "key"\npublic_key = "k.pub.pem"\n'
+    )
+    code, out, _ = run("explain", str(model_dir), "--policy", str(policy), "--format", "json")
+    assert code == 1 and "unsigned" in json.loads(out)[0]["signature"]
+    safeload.sign(model_dir, method="key", private_key=priv)
+    code, out, _ = run("explain", str(model_dir), "--policy", str(policy), "--format", "json")
+    doc = json.loads(out)
+    assert code == 0, doc
+    assert {Path(d["path"]).name for d in doc} == {"model.safetensors", "extra.npy"}
+    assert all(d["verdict"] == "allow" and d["signature"].startswith("verified") for d in doc)
+    # Tampering after signing: verification fails, so the signature rule fires again.
+    (model_dir / "extra.npy").write_bytes((model_dir / "extra.npy").read_bytes() + b"\0")
+    code, out, _ = run("explain", str(model_dir), "--policy", str(policy))
+    assert code == 1 and "did not verify" in out and "trust.require_signature" in out

@@ -3,21 +3,22 @@
 Why ``explain`` exists: a refusal in production should be reproducible on a laptop. It runs
 the same :func:`~safeload.policy.decide` the loader runs, on the file's detected format, size
 and digest, so the rules it prints are the rules ``safeload.load`` would apply. It never parses
-the model beyond format detection and does not verify signatures (``safeload verify`` does).
+the model beyond format detection; when the folder has a ``model.sig`` it is verified against
+the same policy, so signature rules are judged on real signatures.
 """
 
 from __future__ import annotations
 
 import hashlib
-import importlib
 import json
 import mmap
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import click
 
-from safeload.errors import FormatError, PolicyError
+from safeload.errors import FormatError, PolicyError, SafeloadError
 from safeload.policy import (
     Candidate,
     Decision,
@@ -30,6 +31,8 @@ from safeload.policy import (
 )
 
 __all__ = ["policy"]
+
+_SIGNATURE = "model.sig"
 
 _FORMAT = click.option(
     "--format",
@@ -107,13 +110,22 @@ def explain(path: Path, policy_file: Path | None, output: str) -> None:
     """
     effective = effective_policy(policy_file)
     files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    decisions = [decide(_candidate(f, effective), effective) for f in files]
+    files = [f for f in files if f.name != _SIGNATURE]
+    signed, signature_note = _verification(path, effective)
+    decisions = []
+    for file in files:
+        candidate = _candidate(file, effective)
+        signers = signed.get(str(file.resolve()))
+        if signers is not None:
+            candidate = replace(candidate, verified=True, signers=signers)
+        decisions.append(decide(candidate, effective))
     if output == "json":
-        click.echo(json.dumps([_decision_json(d) for d in decisions], indent=2, default=str))
+        doc = [_decision_json(d) | {"signature": signature_note} for d in decisions]
+        click.echo(json.dumps(doc, indent=2, default=str))
     else:
         click.echo(f"policy {effective.digest()} (mode {effective.mode})")
         click.echo(f"  from: {', '.join(policy_files(effective))}")
-        click.echo("  signatures are not checked here; run `safeload verify` for that")
+        click.echo(f"  signature: {signature_note}")
         for d in decisions:
             click.echo(d.explain())
             cand = d.candidate
@@ -124,21 +136,37 @@ def explain(path: Path, policy_file: Path | None, output: str) -> None:
         raise SystemExit(1)
 
 
+def _verification(path: Path, effective: Policy) -> tuple[dict[str, tuple[str, ...]], str]:
+    """Verify the folder's ``model.sig`` against the policy: verified file -> its signers."""
+    folder = path if path.is_dir() else path.parent
+    if not (folder / _SIGNATURE).is_file():
+        return {}, f"unsigned (no {_SIGNATURE} in {folder})"
+    from safeload.signing import verify
+
+    try:
+        model = verify(folder, policy=effective, keep_bytes=False)
+    except SafeloadError as exc:
+        return {}, f"did not verify: {exc.diagnostics()}"
+    signed = {str(Path(f.path).resolve()): model.signers for f in model}
+    return signed, f"verified by {', '.join(model.signers)}"
+
+
 def _candidate(file: Path, effective: Policy) -> Candidate:
     """Detect format, size and digest from one read-only mapping of the file."""
-    detect = importlib.import_module("safeload.formats._detect").detect
     size = file.stat().st_size
     digest = hashlib.sha256()
     fmt = "unknown"
     with file.open("rb") as fh:
         if size:
             with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as view:
-                fmt = _detect_format(detect, view, str(file), effective)
+                fmt = _detect_format(view, str(file), effective)
                 digest.update(view)
     return Candidate(path=str(file), format=fmt, size_bytes=size, digest=digest.hexdigest())
 
 
-def _detect_format(detect: Any, view: mmap.mmap, name: str, effective: Policy) -> str:
+def _detect_format(view: mmap.mmap, name: str, effective: Policy) -> str:
+    from safeload.formats import detect
+
     with memoryview(view) as data:
         try:
             return str(detect(data, name=name, limits=effective.limits).format.value)
