@@ -564,6 +564,41 @@ def test_limit_alloc_bytes() -> None:
     limited(asm(("LONG4", b"\x01" * 10000), "STOP"), "max_pickle_alloc_bytes", 4096)
 
 
+def test_limit_hashing_cost_of_nested_shared_tuples() -> None:
+    """A tuple of 1000 references to a 1000-tuple to a 1000-tuple is ~3000 opcodes to build
+    but 10^9 steps to hash; using it as a dict key or set member is charged in full."""
+    ops: list[Any] = [("BININT1", 1)]
+    for level in range(3):
+        ops += [("BINPUT", level), "POP", "MARK", *[("BINGET", level)] * 1000, "TUPLE"]
+    bomb = [("BINPUT", 3), "POP"]
+    as_key = asm(*ops, *bomb, "EMPTY_DICT", ("BINGET", 3), "NONE", "SETITEM", "STOP")
+    as_member = asm(*ops, *bomb, "MARK", ("BINGET", 3), "FROZENSET", "STOP")
+    as_set = asm(
+        *ops,
+        *bomb,
+        glob("builtins", "set"),
+        "MARK",
+        ("BINGET", 3),
+        "LIST",
+        "TUPLE1",
+        "REDUCE",
+        "STOP",
+    )
+    for data in (as_key, as_member, as_set):
+        with pytest.raises(LimitExceededError) as ei:
+            run(data)
+        assert ei.value.rule == "limits.max_pickle_opcodes"
+    small = asm(("BININT1", 1), "TUPLE1", "EMPTY_DICT", "POP", "STOP")
+    assert run(small) == (1,)
+
+
+def test_long_numeric_lines_parse_in_linear_time() -> None:
+    digits = b"1" * 200_000
+    for op in (b"F", b"I", b"L", b"g", b"p"):
+        with pytest.raises(FormatError):
+            run(op + digits + b"x\n.")
+
+
 def test_giant_length_is_truncation_not_allocation() -> None:
     data = asm(("RAW", b"\x8e" + (2**63 - 1).to_bytes(8, "little")), "STOP")
     with pytest.raises(FormatError) as ei:

@@ -31,6 +31,7 @@ from safeload.errors import (
     UsageError,
 )
 from safeload.formats._allowlist import ALLOWLIST, AllowedGlobal, Ctx, build_tensor_spec
+from safeload.formats._pickle_budget import Budget
 from safeload.formats._safe_globals import SafeGlobal, build_instance, get_safe_globals, instantiate
 from safeload.formats._types import TensorSpec
 from safeload.policy._limits import Limits
@@ -41,8 +42,7 @@ _log = logging.getLogger(__name__)
 
 _ENCODINGS = ("ascii", "latin1", "utf-8", "bytes")
 _DECIMAL = re.compile(rb"[+-]?[0-9]+")
-_FLOAT = re.compile(rb"[+-]?([0-9]+\.?[0-9]*([eE][+-]?[0-9]+)?|inf|nan|\.[0-9]+([eE][+-]?[0-9]+)?)")
-_SCALAR_TYPES = (type(None), bool, int, float, str, bytes)
+_FLOAT_CHARS = re.compile(rb"[-+.0-9eEinfatyINFATY]{1,64}")  # a charset, so no backtracking
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,11 +80,7 @@ class _Machine:
         self.stack: list[Any] = []
         self.metastack: list[list[Any]] = []
         self.memo: dict[int, Any] = {}
-        self.ops = 0
-        self.alloc = 0
-        self.items = 0
-        # id -> (container kept alive, nesting depth); only containers holding containers.
-        self.depth: dict[int, tuple[object, int]] = {}
+        self.budget = Budget(limits)
         self.ctx = Ctx(limits, frozenset(sg.cls for sg in safe.values()))
         self.built_user: dict[int, object] = {}
         self.done = False
@@ -100,10 +96,6 @@ class _Machine:
         self, msg: str, rule: str = "pickle.opcodes", code: str = "SL102", detail: str | None = None
     ) -> NoReturn:
         self.fail(UnsafeModelError, msg, rule, code=code, detail=detail)
-
-    def limit(self, field: str, what: str) -> NoReturn:
-        value = getattr(self.limits, field)
-        self.fail(LimitExceededError, f"{what} exceeds the limit of {value}", f"limits.{field}")
 
     # --- reading ----------------------------------------------------------------------
     def take(self, n: int) -> memoryview:
@@ -134,20 +126,15 @@ class _Machine:
                 i += len(chunk)
         if nl < 0:
             self.bad("pickle truncated: line without newline", "pickle.truncated")
-        self.charge(nl - self.pos)
+        self.budget.charge(nl - self.pos)
         out = bytes(self.mv[self.pos : nl])
         self.pos = nl + 1
         return out
 
-    def charge(self, n: int) -> None:
-        self.alloc += n
-        if self.alloc > self.limits.max_pickle_alloc_bytes:
-            self.limit("max_pickle_alloc_bytes", "string and bytes data")
-
     def blob(self, n: int) -> bytes:
         if n > self.end - self.pos:
             self.bad(f"pickle truncated: a {n}-byte value", "pickle.truncated")
-        self.charge(n)
+        self.budget.charge(n)
         return bytes(self.take(n))
 
     def text(self, raw: bytes, codec: str = "utf-8") -> str:
@@ -191,31 +178,10 @@ class _Machine:
         return items
 
     # --- containers -------------------------------------------------------------------
-    def nest(self, parent: object, children: list[Any] | tuple[Any, ...]) -> None:
-        """Account items added to ``parent``; track nesting for containers of containers."""
-        n = len(children)
-        self.items += n
-        if self.items > self.limits.max_container_items:
-            self.limit("max_container_items", "items added to containers")
-        size = len(parent)  # type: ignore[arg-type]
-        if size > self.limits.max_container_items:
-            self.limit("max_container_items", "one container's item count")
-        best = 0
-        for c in children:
-            if type(c) not in _SCALAR_TYPES:
-                rec = self.depth.get(id(c))
-                best = max(best, rec[1] if rec else 1)
-        if best:
-            d = best + 1
-            rec = self.depth.get(id(parent))
-            if rec is None or rec[1] < d:
-                if d > self.limits.max_nesting_depth:
-                    self.limit("max_nesting_depth", "container nesting")
-                self.depth[id(parent)] = (parent, d)
-
     def tuple_of(self, items: list[Any]) -> tuple[Any, ...]:
         t = tuple(items)
-        self.nest(t, t)
+        self.budget.nest(t, t)
+        self.budget.weigh(t, t)
         return t
 
     def target(self, kinds: tuple[type, ...], op: str) -> Any:
@@ -232,16 +198,17 @@ class _Machine:
             self.bad("SETITEMS with an odd number of items")
         if d is None:
             return
+        self.budget.hashing(items[0::2])
         for i in range(0, len(items), 2):
             d[items[i]] = items[i + 1]
-        self.nest(d, items)
+        self.budget.nest(d, items)
 
     # --- memo -------------------------------------------------------------------------
     def put(self, idx: int) -> None:
         if idx < 0:
             self.bad("negative memo index")
         if idx not in self.memo and len(self.memo) >= self.limits.max_memo_entries:
-            self.limit("max_memo_entries", "memo entries")
+            self.budget.over("max_memo_entries", "memo entries")
         self.memo[idx] = self.top()
 
     def get(self, idx: int) -> None:
@@ -283,6 +250,12 @@ class _Machine:
                 )
             if self.collect is not None and any(type(a) is Opaque for a in args):
                 return Opaque(f"{func.name}(...)")
+            self.budget.hashing(
+                args
+            )  # set/frozenset/OrderedDict hash what their list arguments hold
+            for a in args:
+                if type(a) is list:
+                    self.budget.hashing(a)
             result = fn(args, self.ctx)
             self.spend(0)
             return result
@@ -317,10 +290,8 @@ class _Machine:
         self.spend(0)
 
     def spend(self, n: int) -> None:
-        self.ops += n + self.ctx.work
+        self.budget.spend(n + self.ctx.work)
         self.ctx.work = 0
-        if self.ops > self.limits.max_pickle_opcodes:
-            self.limit("max_pickle_opcodes", "pickle opcodes executed")
 
     def pers(self, pid: object) -> None:
         if self.persistent_load is None:
@@ -343,16 +314,16 @@ class _Machine:
     # --- the loop ---------------------------------------------------------------------
     def run(self) -> tuple[object, int]:
         table = _DISPATCH
-        max_ops = self.limits.max_pickle_opcodes
+        max_ops, budget = self.limits.max_pickle_opcodes, self.budget
         while not self.done:
             self.op_pos = self.pos
             if self.pos >= self.end:
                 self.bad("pickle ended without STOP", "pickle.truncated")
             op = self.mv[self.pos]
             self.pos += 1
-            self.ops += 1
-            if self.ops > max_ops:
-                self.limit("max_pickle_opcodes", "pickle opcodes executed")
+            budget.ops += 1
+            if budget.ops > max_ops:
+                self.budget.over("max_pickle_opcodes", "pickle opcodes executed")
             handler = table.get(op)
             if handler is None:
                 self.refuse(f"opcode 0x{op:02x} is not allowed", "pickle.opcodes", code="SL102")
@@ -421,9 +392,12 @@ def _long(m: _Machine) -> None:
 @_op(b"F")
 def _float(m: _Machine) -> None:
     raw = m.line()
-    if not _FLOAT.fullmatch(raw):
+    try:
+        if not _FLOAT_CHARS.fullmatch(raw):
+            raise ValueError
+        m.push(float(raw))
+    except ValueError:
         m.bad(f"malformed float {raw[:40]!r}")
-    m.push(float(raw))
 
 
 def _long_n(m: _Machine, n: int) -> None:
@@ -473,7 +447,7 @@ def _append(m: _Machine) -> None:
     lst = m.target((list,), "APPEND")
     if lst is not None:
         lst.append(item)
-        m.nest(lst, (item,))
+        m.budget.nest(lst, (item,))
 
 
 @_op(b"e")
@@ -482,13 +456,13 @@ def _appends(m: _Machine) -> None:
     lst = m.target((list,), "APPENDS")
     if lst is not None:
         lst.extend(items)
-        m.nest(lst, items)
+        m.budget.nest(lst, items)
 
 
 @_op(b"l")
 def _list(m: _Machine) -> None:
     items = m.pop_mark()
-    m.nest(items, items)
+    m.budget.nest(items, items)
     m.push(items)
 
 
@@ -526,16 +500,19 @@ _op(b"u")(lambda m: m.setitems(m.pop_mark()))
 def _additems(m: _Machine) -> None:
     items = m.pop_mark()
     s = m.target((set,), "ADDITEMS")
+    m.budget.hashing(items)
     if s is not None:
         s.update(items)
-        m.nest(s, items)
+        m.budget.nest(s, items)
 
 
 @_op(b"\x91")
 def _frozenset(m: _Machine) -> None:
     items = m.pop_mark()
+    m.budget.hashing(items)
     fs = frozenset(items)
-    m.nest(fs, items)
+    m.budget.nest(fs, items)
+    m.budget.weigh(fs, items)
     m.push(fs)
 
 
@@ -553,7 +530,7 @@ _op(b"2")(lambda m: m.push(m.top()))
 @_op(b"(")
 def _mark(m: _Machine) -> None:
     if len(m.metastack) >= m.limits.max_nesting_depth:
-        m.limit("max_nesting_depth", "MARK nesting")
+        m.budget.over("max_nesting_depth", "MARK nesting")
     m.metastack.append(m.stack)
     m.stack = []
 
@@ -691,5 +668,5 @@ def run_pickle(
     if expect_end and end != m.end:
         m.op_pos = end
         m.bad("data after the pickle's STOP opcode", "pickle.trailing_data")
-    _log.debug("pickle %s: %d opcodes, %d memo entries", name, m.ops, len(m.memo))
+    _log.debug("pickle %s: %d opcodes, %d memo entries", name, m.budget.ops, len(m.memo))
     return value, end

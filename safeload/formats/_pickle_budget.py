@@ -1,0 +1,93 @@
+"""What one pickle stream may spend, counted *before* Python spends it.
+
+An attacker controls every opcode, so each resource the VM hands out is metered here:
+opcodes (plus extra steps such as walking values or hashing keys), bytes of strings and
+bytes, container items, container nesting, and the cost of hashing tuples. The last is the
+subtle one: a tuple holding 1000 references to a 1000-tuple is 2000 opcodes to build but a
+million steps to hash, so every dict key and set member is charged its full hashing cost.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any, NoReturn
+
+from safeload.errors import LimitExceededError
+from safeload.policy._limits import Limits
+
+__all__ = ["Budget"]
+
+_SCALAR_TYPES = (type(None), bool, int, float, str, bytes)
+_HASHED_CONTAINERS = (tuple, frozenset)
+
+
+class Budget:
+    """Counters for one run; raises :class:`LimitExceededError` naming the ``limits.`` field."""
+
+    __slots__ = ("alloc", "depth", "items", "limits", "ops", "weights")
+
+    def __init__(self, limits: Limits) -> None:
+        self.limits = limits
+        self.ops = 0
+        self.alloc = 0
+        self.items = 0
+        # id -> (container kept alive so the id stays unique, nesting depth); only containers
+        # that hold containers are recorded.
+        self.depth: dict[int, tuple[object, int]] = {}
+        # id -> (tuple/frozenset kept alive, elements hashing it visits).
+        self.weights: dict[int, tuple[object, int]] = {}
+
+    def over(self, field: str, what: str) -> NoReturn:
+        value = getattr(self.limits, field)
+        raise LimitExceededError(f"{what} exceeds the limit of {value}", rule=f"limits.{field}")
+
+    def spend(self, n: int) -> None:
+        self.ops += n
+        if self.ops > self.limits.max_pickle_opcodes:
+            self.over("max_pickle_opcodes", "pickle opcodes executed")
+
+    def charge(self, n: int) -> None:
+        self.alloc += n
+        if self.alloc > self.limits.max_pickle_alloc_bytes:
+            self.over("max_pickle_alloc_bytes", "string and bytes data")
+
+    def nest(self, parent: object, children: list[Any] | tuple[Any, ...]) -> None:
+        """Account items added to ``parent``; track nesting for containers of containers.
+
+        Depth is tracked bottom-up as items are added, which is how pickles build values. A
+        stream that fills a child after placing it can under-report depth; the VM itself is
+        iterative, so that only matters to recursive code downstream.
+        """
+        self.items += len(children)
+        if self.items > self.limits.max_container_items:
+            self.over("max_container_items", "items added to containers")
+        if len(parent) > self.limits.max_container_items:  # type: ignore[arg-type]
+            self.over("max_container_items", "one container's item count")
+        best = 0
+        for c in children:
+            if type(c) not in _SCALAR_TYPES:
+                rec = self.depth.get(id(c))
+                best = max(best, rec[1] if rec else 1)
+        if best:
+            rec = self.depth.get(id(parent))
+            if rec is None or rec[1] <= best:
+                if best + 1 > self.limits.max_nesting_depth:
+                    self.over("max_nesting_depth", "container nesting")
+                self.depth[id(parent)] = (parent, best + 1)
+
+    def weight(self, items: Iterable[Any]) -> int:
+        """Elements that hashing ``items`` visits (tuples and frozensets hash all they hold)."""
+        w = 0
+        for c in items:
+            rec = self.weights.get(id(c)) if type(c) in _HASHED_CONTAINERS else None
+            w += rec[1] if rec else 1
+        return w
+
+    def weigh(self, obj: object, items: tuple[Any, ...] | list[Any]) -> None:
+        """Record a new tuple/frozenset's hashing cost (small flat ones count as 1)."""
+        if len(items) >= 8 or any(type(c) in _HASHED_CONTAINERS for c in items):
+            self.weights[id(obj)] = (obj, min(1 + self.weight(items), 1 << 62))
+
+    def hashing(self, keys: Iterable[Any]) -> None:
+        """Charge hashing ``keys`` to the opcode budget before Python pays for it."""
+        self.spend(self.weight(keys))
