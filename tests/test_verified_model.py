@@ -30,11 +30,12 @@ def signed(tmp_path: Path) -> tuple[Path, KeySigner, dict[str, np.ndarray]]:
 
 
 def _load(vf: safeload.VerifiedFile) -> dict[str, np.ndarray]:
-    load = getattr(safeload, "load", None)
-    if load is not None:  # the core loader accepts anything with .buffer() and .path
-        result = load(vf)
-        return {k: np.asarray(v) for k, v in dict(result).items()}
-    return st_load(bytes(vf.buffer()))
+    """Load through safeload.load, which reads a verified file through its .buffer()."""
+    result = safeload.load(vf, framework="numpy")
+    loaded = {k: np.asarray(v) for k, v in dict(result).items()}
+    reference = st_load(bytes(vf.buffer()))
+    assert loaded.keys() == reference.keys()
+    return loaded
 
 
 def _evil(tmp: Path) -> bytes:
