@@ -6,6 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from safeload.errors import PolicyError
 from safeload.policy import load_policy, policy_files, provenance
@@ -323,3 +325,69 @@ def test_team_policy_that_loosens_the_baseline_is_refused(tmp_path: Path) -> Non
     team.write_text('version = 1\nextends = ["org-baseline.toml"]\nmode = "audit"\n')
     with pytest.raises(PolicyError, match="mode"):
         load_policy(team)
+
+
+_RANK = {
+    "mode": ["audit", "enforce"],
+    "sandbox.mode": ["never", "untrusted", "always"],
+    "onnx.external_data": ["inside_model_dir", "forbid"],
+}
+
+
+def _not_looser(parent: object, effective: object) -> None:
+    """Every leaf of ``effective`` is at least as strict as ``parent``'s."""
+    from safeload.policy import Policy
+
+    assert isinstance(parent, Policy) and isinstance(effective, Policy)
+    for name in type(parent.limits).model_fields:
+        assert getattr(effective.limits, name) <= getattr(parent.limits, name), name
+    assert set(effective.formats.allowed) <= set(parent.formats.allowed)
+    assert effective.trust.require_signature >= parent.trust.require_signature
+    assert effective.trust.min_signers >= parent.trust.min_signers
+    assert effective.trust.allow_ca_leaf <= parent.trust.allow_ca_leaf
+    assert effective.sources.require_revision >= parent.sources.require_revision
+    order = _RANK["mode"]
+    assert order.index(effective.mode) >= order.index(parent.mode)
+    order = _RANK["sandbox.mode"]
+    assert order.index(effective.sandbox.mode) >= order.index(parent.sandbox.mode)
+    assert set(parent.sandbox.required_layers) <= set(effective.sandbox.required_layers)
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    max_file=st.integers(0, 3000),
+    max_tensors=st.integers(0, 100),
+    formats=st.lists(
+        st.sampled_from(["safetensors", "onnx", "numpy", "pickle", "gguf"]), unique=True
+    ),
+    require=st.booleans(),
+    ca_leaf=st.booleans(),
+    mode=st.sampled_from(_RANK["mode"]),
+    sandbox=st.sampled_from(_RANK["sandbox.mode"]),
+)
+def test_any_child_either_fails_or_is_not_looser(
+    parent: Path,
+    max_file: int,
+    max_tensors: int,
+    formats: list[str],
+    require: bool,
+    ca_leaf: bool,
+    mode: str,
+    sandbox: str,
+) -> None:
+    body = (
+        f'mode = "{mode}"\n[formats]\nallowed = {formats!r}\n'
+        f"[trust]\nrequire_signature = {str(require).lower()}\n"
+        f"allow_ca_leaf = {str(ca_leaf).lower()}\n"
+        f"[limits]\nmax_file_bytes = {max_file}\nmax_tensors = {max_tensors}\n"
+        f'[sandbox]\nmode = "{sandbox}"\n'
+    )
+    path = child(parent.parent, body, name="prop.toml")
+    try:
+        effective = load_policy(path)
+    except PolicyError as exc:
+        assert exc.rule is not None and str(path) in exc.diagnostics()
+        return
+    _not_looser(load_policy(parent), effective)
