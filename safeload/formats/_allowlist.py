@@ -432,7 +432,10 @@ def _set_like(kind: type[set[Any]] | type[frozenset[Any]], name: str) -> Reducer
             raise _bad(name, "expected a list of items")
         if len(a[0]) > ctx.limits.max_container_items:  # type: ignore[arg-type]
             raise LimitExceededError(f"{name} too large", rule="limits.max_container_items")
-        return kind(a[0])  # type: ignore[call-overload]
+        try:
+            return kind(a[0])  # type: ignore[call-overload]
+        except TypeError as exc:
+            raise _bad(name, f"unhashable member: {exc}") from exc
 
     return make
 
@@ -571,7 +574,12 @@ def _build_ndarray(arr: Any, state: object, ctx: Ctx) -> None:
         raise _bad("BUILD on numpy.ndarray", "unexpected state shape")
     ver, shape, dt, fortran, raw = state
     dt = _plain_np_dtype(dt, "numpy.ndarray")
-    if type(ver) is not int or type(fortran) is not bool or type(raw) not in (bytes, bytearray):
+    if (
+        ver != 1
+        or type(ver) is not int
+        or type(fortran) is not bool
+        or type(raw) not in (bytes, bytearray)
+    ):
         raise _bad("BUILD on numpy.ndarray", "raw data must be bytes (no object arrays)")
     shape = _np_shape(shape, "numpy.ndarray", dt.itemsize, len(raw), ctx.limits)
     arr.__setstate__((ver, shape, dt, fortran, raw))

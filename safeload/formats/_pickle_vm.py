@@ -199,9 +199,20 @@ class _Machine:
         if d is None:
             return
         self.budget.hashing(items[0::2])
-        for i in range(0, len(items), 2):
-            d[items[i]] = items[i + 1]
+        try:
+            for i in range(0, len(items), 2):
+                d[items[i]] = items[i + 1]
+        except TypeError as exc:
+            self.bad("unhashable dict key", detail=str(exc))
         self.budget.nest(d, items)
+
+    def hashable(self, items: list[Any]) -> list[Any]:
+        for x in items:
+            try:
+                hash(x)
+            except TypeError as exc:
+                self.bad("unhashable set member", detail=str(exc))
+        return items
 
     # --- memo -------------------------------------------------------------------------
     def put(self, idx: int) -> None:
@@ -502,7 +513,7 @@ def _additems(m: _Machine) -> None:
     s = m.target((set,), "ADDITEMS")
     m.budget.hashing(items)
     if s is not None:
-        s.update(items)
+        s.update(m.hashable(items))
         m.budget.nest(s, items)
 
 
@@ -510,7 +521,7 @@ def _additems(m: _Machine) -> None:
 def _frozenset(m: _Machine) -> None:
     items = m.pop_mark()
     m.budget.hashing(items)
-    fs = frozenset(items)
+    fs = frozenset(m.hashable(items))
     m.budget.nest(fs, items)
     m.budget.weigh(fs, items)
     m.push(fs)
