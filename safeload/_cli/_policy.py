@@ -12,13 +12,14 @@ from __future__ import annotations
 import hashlib
 import json
 import mmap
+import os
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import click
 
-from safeload.errors import FormatError, PolicyError, SafeloadError
+from safeload.errors import FormatError, PolicyError, SafeloadError, SourceError
 from safeload.policy import (
     Candidate,
     Decision,
@@ -153,14 +154,19 @@ def _verification(path: Path, effective: Policy) -> tuple[dict[str, tuple[str, .
 
 def _candidate(file: Path, effective: Policy) -> Candidate:
     """Detect format, size and digest from one read-only mapping of the file."""
-    size = file.stat().st_size
     digest = hashlib.sha256()
     fmt = "unknown"
-    with file.open("rb") as fh:
-        if size:
-            with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as view:
-                fmt = _detect_format(view, str(file), effective)
-                digest.update(view)
+    try:
+        with file.open("rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            if size:
+                with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as view:
+                    fmt = _detect_format(view, str(file), effective)
+                    digest.update(view)
+    except OSError as exc:
+        raise SourceError(
+            "cannot read the model file", path=str(file), rule="source.open", detail=str(exc)
+        ) from None
     return Candidate(path=str(file), format=fmt, size_bytes=size, digest=digest.hexdigest())
 
 
