@@ -218,6 +218,19 @@ def test_tightening_is_accepted(parent: Path, body: str, check: object) -> None:
     assert policy.trust.require_signature and policy.sources.require_revision
 
 
+def test_child_may_not_add_a_trust_root(tmp_path: Path) -> None:
+    (tmp_path / "parent.toml").write_text("version = 1\n")
+    with pytest.raises(PolicyError) as info:
+        load_policy(child(tmp_path, '[trust]\ntrust_config = "private-sigstore.json"\n'))
+    assert info.value.rule == "trust.trust_config"
+
+
+def test_child_may_add_an_audit_log(tmp_path: Path) -> None:
+    (tmp_path / "parent.toml").write_text("version = 1\n")
+    policy = load_policy(child(tmp_path, 'audit_log = "a.jsonl"\n'))
+    assert policy.audit_log == str(tmp_path / "a.jsonl")
+
+
 def test_audit_parent_child_may_enforce(tmp_path: Path) -> None:
     (tmp_path / "parent.toml").write_text('version = 1\nmode = "audit"\n')
     assert load_policy(child(tmp_path, 'mode = "enforce"\n')).mode == "enforce"

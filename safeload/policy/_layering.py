@@ -130,6 +130,13 @@ def _same_or_unset(parent: Any, child: Any) -> tuple[Any, str | None]:
     raise _ConflictError(f"{_show(parent)} and {_show(child)} differ; a child may not replace it")
 
 
+def _unchanged(parent: Any, child: Any) -> tuple[Any, str | None]:
+    """Trust roots: a different root is a different set of trusted signers, never tighter."""
+    if parent == child:
+        return parent, None
+    return parent, f"changes {_show(parent)} to {_show(child)}; only the parent may set it"
+
+
 def _accumulate(parent: tuple[Any, ...], child: tuple[Any, ...]) -> tuple[Any, str | None]:
     return _union(parent, child)
 
@@ -175,7 +182,7 @@ _RULES: dict[str, _Rule] = {
     "trust.require_signature": _any_true,
     "trust.min_signers": _maximum,
     "trust.allow_ca_leaf": _all_true,
-    "trust.trust_config": _same_or_unset,
+    "trust.trust_config": _unchanged,
     "trust.ignore_paths": _intersect,
     "trust.allow_symlinks": _all_true,
     "trust.allow_unsafe_mmap": _all_true,
