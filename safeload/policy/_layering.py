@@ -134,7 +134,8 @@ def _unchanged(parent: Any, child: Any) -> tuple[Any, str | None]:
     """Trust roots: a different root is a different set of trusted signers, never tighter."""
     if parent == child:
         return parent, None
-    return parent, f"changes {_show(parent)} to {_show(child)}; only the parent may set it"
+    # A conflict, not a loosening: sibling parents with different roots must fail too.
+    raise _ConflictError(f"{_show(parent)} and {_show(child)} differ; the trust root is fixed")
 
 
 def _accumulate(parent: tuple[Any, ...], child: tuple[Any, ...]) -> tuple[Any, str | None]:
