@@ -328,3 +328,20 @@ def test_legacy_storage_count_mismatch_and_trailing_bytes() -> None:
         read(bytes(data) + b"x")
     with pytest.raises(FormatError):
         read(bytes(data[:-1]))
+
+
+@pytest.mark.parametrize("protocol", [2, 4])
+def test_analyze_lists_globals_and_tensors_without_materialising(protocol: int) -> None:
+    data = torch_bytes({"w": torch.ones(2, 3), "n": torch.Size([2])}, pickle_protocol=protocol)
+    a = analyze(data)
+    assert a.format == "torch_zip"
+    assert a.globals == (
+        "collections.OrderedDict",
+        "torch.FloatStorage",
+        "torch.Size",
+        "torch._utils._rebuild_tensor_v2",
+    )
+    (row,) = a.tensors
+    assert (row.name, row.dtype, row.shape, row.nbytes) == ("w", "float32", (2, 3), 24)
+    assert row.offset is not None
+    assert data[row.offset : row.offset + 24] == torch.ones(2, 3).numpy().tobytes()

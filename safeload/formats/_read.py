@@ -9,7 +9,9 @@ safeload recognises but does not read, naming them.
 
 from __future__ import annotations
 
+import io
 import logging
+import pickletools  # opcode decoder only: lists names, never resolves them
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -94,12 +96,12 @@ class _Parsed:
 
 
 def _runner(
-    limits: Limits, collect: list[str] | None = None
+    limits: Limits, collect: list[str] | None = None, segments: list[bytes] | None = None
 ) -> Callable[[memoryview, int, Callable[[object], object] | None, str], tuple[object, int]]:
     def run(
         data: memoryview, start: int, persistent_load: Callable[[object], object] | None, name: str
     ) -> tuple[object, int]:
-        return run_pickle(
+        value, end = run_pickle(
             data,
             limits=limits,
             start=start,
@@ -107,8 +109,61 @@ def _runner(
             collect_unsafe=collect,
             name=name,
         )
+        if segments is not None:
+            segments.append(bytes(data[start:end]))
+        return value, end
 
     return run
+
+
+_STRING_OPS = frozenset(
+    {
+        "SHORT_BINUNICODE",
+        "BINUNICODE",
+        "BINUNICODE8",
+        "UNICODE",
+        "SHORT_BINSTRING",
+        "BINSTRING",
+        "STRING",
+    }
+)
+_GET_OPS = frozenset({"GET", "BINGET", "LONG_BINGET"})
+_PUT_OPS = frozenset({"PUT", "BINPUT", "LONG_BINPUT"})
+
+
+def _globals_in(segment: bytes) -> set[str]:
+    """The global names a pickle (already accepted by the VM) refers to, for reports.
+
+    Decoded with ``pickletools.genops`` (an opcode decoder; nothing is resolved). STACK_GLOBAL
+    operands are tracked through the memo the way pickle writers emit them; anything else is
+    reported as ``<dynamic>``.
+    """
+    names: set[str] = set()
+    memo: dict[int, str | None] = {}
+    recent: list[str | None] = []
+    for op, arg, _ in pickletools.genops(io.BytesIO(segment)):
+        n = op.name
+        if n in ("GLOBAL", "INST"):
+            names.add(str(arg).replace(" ", "."))
+        elif n in _STRING_OPS:
+            recent.append(arg if isinstance(arg, str) else None)
+        elif n in _GET_OPS:
+            recent.append(memo.get(int(str(arg))))
+        elif n == "MEMOIZE":
+            memo[len(memo)] = recent[-1] if recent else None
+            continue
+        elif n in _PUT_OPS:
+            memo[int(str(arg))] = recent[-1] if recent else None
+            continue
+        elif n == "STACK_GLOBAL":
+            mod, qual = (recent[-2], recent[-1]) if len(recent) >= 2 else (None, None)
+            names.add(f"{mod}.{qual}" if mod and qual else "<dynamic>")
+            recent.clear()
+            continue
+        else:
+            recent.append(None)
+        del recent[:-2]
+    return names
 
 
 def _refuse_unsupported(det: Detection, name: str) -> None:
@@ -127,6 +182,7 @@ def _parse(
     name: str,
     limits: Limits,
     collect: list[str] | None = None,
+    segments: list[bytes] | None = None,
 ) -> _Parsed:
     """Detect, unwrap and run the container + pickle checks; tensors stay placeholders."""
     if len(data) > limits.max_file_bytes:
@@ -139,7 +195,7 @@ def _parse(
     fmt, detail = _detect_raw(inner, limits=limits, name=name)
     det = Detection(fmt, wrappers, detail)
     _refuse_unsupported(det, name)
-    run = _runner(limits, collect)
+    run = _runner(limits, collect, segments)
     known = not wrappers
     if fmt is Format.TORCH_ZIP:
         tp: TorchParse = parse_torch_zip(inner, limits=limits, name=name, run=run)
@@ -223,12 +279,16 @@ def analyze(
 ) -> Analysis:
     """Validate everything about a file without materialising tensors; refuse by raising."""
     limits = limits or Limits()
-    parsed = _parse(data, name=name, limits=limits)
+    segments: list[bytes] = []
+    parsed = _parse(data, name=name, limits=limits, segments=segments)
     if parsed.format in (Format.NUMPY, Format.NPZ):
         table = _numpy_table(parsed, limits, name, check_data=True)
         return Analysis(parsed.format, table, (), parsed.wrappers)
     table = _table(parsed, limits, name)
-    return Analysis(parsed.format, table, (), parsed.wrappers)
+    names: set[str] = set()
+    for segment in segments:
+        names |= _globals_in(segment)
+    return Analysis(parsed.format, table, tuple(sorted(names)), parsed.wrappers)
 
 
 def read(
