@@ -53,7 +53,9 @@ def _arg(kind: str, v: Any) -> bytes:
     if kind == "float8":
         return struct.pack(">d", v)
     if kind in ("long1", "long4"):
-        raw = pickletools.encode_long(v) if isinstance(v, int) else v
+        raw = v
+        if isinstance(v, int):  # two's complement, little-endian, as pickle.encode_long
+            raw = v.to_bytes((v.bit_length() >> 3) + 1, "little", signed=True) if v else b""
         return (bytes([len(raw)]) if kind == "long1" else struct.pack("<i", len(raw))) + raw
     raise ValueError(f"no encoder for argument kind {kind}")
 

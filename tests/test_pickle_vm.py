@@ -487,6 +487,82 @@ def test_tensor_checks_refuse_bad_views(args: tuple[Any, ...], cls: type, rule: 
     assert ei.value.rule == rule
 
 
+def _tensor_v3(storage_bytes: int, offset: int, n: int, dtype: str) -> bytes:
+    pid = [
+        "MARK",
+        ustr("storage"),
+        glob("torch.storage", "UntypedStorage"),
+        ustr("0"),
+        ustr("cpu"),
+        ("BININT", storage_bytes),
+        "TUPLE",
+        "BINPERSID",
+    ]
+    return asm(
+        call(
+            glob("torch._utils", "_rebuild_tensor_v3"),
+            pid,
+            ("BININT", offset),
+            ["MARK", ("BININT", n), "TUPLE"],
+            ["MARK", ("BININT1", 1), "TUPLE"],
+            "NEWFALSE",
+            "NONE",
+            glob("torch", dtype),
+        ),
+        "STOP",
+    )
+
+
+def test_tensor_v3_bounds_are_checked_in_bytes() -> None:
+    ok = run(_tensor_v3(8, 2, 2, "uint16"), persistent_load=storage_pl)
+    assert (ok.dtype, ok.offset, ok.storage.dtype) == ("uint16", 2, "uint8")
+    for args in [(8, 3, 2, "uint16"), (7, 0, 4, "uint16"), (8, 0, 2, "float64")]:
+        with pytest.raises(FormatError) as ei:
+            run(_tensor_v3(*args), persistent_load=storage_pl)
+        assert ei.value.rule == "pickle.tensor_bounds"
+
+
+def test_tensor_ints_must_fit_int64() -> None:
+    with pytest.raises(FormatError):
+        run(_tensor(12, 0, (2,), (("LONG1", 2**70),)), persistent_load=storage_pl)
+    with pytest.raises(FormatError):
+        run(_tensor(12, 0, (("LONG1", 2**64),), (1,)), persistent_load=storage_pl)
+
+
+def test_parameter_state_as_dict_or_slots_pair() -> None:
+    pid = [
+        "MARK",
+        ustr("storage"),
+        glob("torch", "FloatStorage"),
+        ustr("0"),
+        ustr("cpu"),
+        ("BININT1", 2),
+        "TUPLE",
+        "BINPERSID",
+    ]
+    tensor = call(
+        glob("torch._utils", "_rebuild_tensor_v2"),
+        pid,
+        ("BININT1", 0),
+        ["MARK", ("BININT1", 2), "TUPLE"],
+        ["MARK", ("BININT1", 1), "TUPLE"],
+        "NEWFALSE",
+        "NONE",
+    )
+    rebuild = glob("torch._utils", "_rebuild_parameter_with_state")
+    state = ["NONE", "EMPTY_DICT", ustr("a"), ("BININT1", 1), "SETITEM", "TUPLE2"]
+    spec = run(
+        asm(call(rebuild, tensor, "NEWTRUE", "NONE", state), "STOP"), persistent_load=storage_pl
+    )
+    assert spec.kind == "parameter" and spec.extra == {"a": 1}
+    dunder = ["EMPTY_DICT", ustr("__class__"), "NONE", "SETITEM"]
+    with pytest.raises(FormatError):
+        run(
+            asm(call(rebuild, tensor, "NEWTRUE", "NONE", dunder), "STOP"),
+            persistent_load=storage_pl,
+        )
+
+
 def test_tensor_hooks_must_be_empty_and_storage_must_be_a_storage() -> None:
     hooks = [
         glob("collections", "OrderedDict"),

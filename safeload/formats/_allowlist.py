@@ -15,7 +15,6 @@ the VM adds the byte offset.
 from __future__ import annotations
 
 import collections
-import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -144,6 +143,8 @@ def check_plain(value: object, ctx: Ctx, what: str) -> None:
 
 # --- torch --------------------------------------------------------------------------------
 
+_INT64 = 1 << 63
+
 # torch dtype name -> element size in bytes; only element types a reader can lay out in memory.
 ITEMSIZE: dict[str, int] = {
     "float64": 8,
@@ -195,8 +196,8 @@ def _int_tuple(v: object, what: str, field_name: str, limits: Limits) -> tuple[i
             detail=f"limit is {limits.max_tensor_dims}",
         )
     for x in v:
-        if type(x) is not int or x < 0:
-            raise _bad(what, f"{field_name} must hold non-negative ints")
+        if type(x) is not int or not 0 <= x < _INT64:
+            raise _bad(what, f"{field_name} must hold non-negative 64-bit ints")
     return v
 
 
@@ -219,8 +220,8 @@ def _tensor_spec(
 ) -> TensorSpec:
     if type(storage) is not StorageRef:
         raise _bad(what, "the storage argument must come from a storage persistent id")
-    if type(offset) is not int or offset < 0:
-        raise _bad(what, "storage offset must be a non-negative int")
+    if type(offset) is not int or not 0 <= offset < _INT64:
+        raise _bad(what, "storage offset must be a non-negative 64-bit int")
     shape = _int_tuple(size, what, "size", limits)
     strides = _int_tuple(stride, what, "stride", limits)
     if len(shape) != len(strides):
@@ -242,13 +243,9 @@ def _tensor_spec(
         )
     if numel > 0:
         last = offset + sum((s - 1) * st for s, st in zip(shape, strides, strict=True))
-        # Bytes the view reaches, measured in the storage's own unit.
-        if dtype is None:
-            reach = last + 1
-        else:
-            per = ITEMSIZE[dt] / ITEMSIZE.get(storage.dtype, 1)
-            reach = math.ceil((last + 1) * per)
-        if reach > storage.numel:
+        # Offsets and strides count elements of the tensor's dtype; compare bytes, exactly.
+        reach = (last + 1) * ITEMSIZE[dt]
+        if storage.dtype not in ITEMSIZE or reach > storage.numel * ITEMSIZE[storage.dtype]:
             raise FormatError(
                 f"{what}: tensor view reaches element {last} beyond its storage",
                 rule="pickle.tensor_bounds",
@@ -304,16 +301,23 @@ def _rebuild_parameter_with_state(args: tuple[object, ...], ctx: Ctx) -> object:
 
 
 def _with_state(spec: TensorSpec, state: object, ctx: Ctx) -> TensorSpec:
-    if state is None:
+    """torch's ``_set_obj_state``: a dict of attributes, or a (dict, slots dict) pair."""
+    parts: tuple[object, ...] = state if type(state) is tuple and len(state) == 2 else (state,)
+    attrs: dict[str, object] = {}
+    for part in parts:
+        if part is None:
+            continue
+        if type(part) not in (dict, collections.OrderedDict) or not all(
+            type(k) is str and not k.startswith("__")
+            for k in part  # type: ignore[attr-defined]
+        ):
+            raise _bad("tensor state", "state must map attribute names to data")
+        check_plain(part, ctx, "tensor state")
+        attrs.update(part)  # type: ignore[call-overload]
+    if not attrs:
         return spec
-    if type(state) not in (dict, collections.OrderedDict) or not all(
-        type(k) is str
-        for k in state  # type: ignore[attr-defined]
-    ):
-        raise _bad("tensor state", "state must be a dict with str keys")
-    check_plain(state, ctx, "tensor state")
     out = replace(spec, extra=dict(spec.extra))
-    out.extra.update(state)  # type: ignore[call-overload]
+    out.extra.update(attrs)
     return out
 
 
