@@ -43,15 +43,28 @@ from safeload.policy import Policy, effective_policy, load_policy
 # --- signing (issue 4) ---
 from safeload.signing import VerifiedFile, VerifiedModel, hash_model, sign, verify
 
+# isort: split
 # --- sandbox (issue 5) ---
+from safeload.sandbox import LAYERS as SANDBOX_LAYERS
+from safeload.sandbox import (
+    DoctorReport,
+    LayerReport,
+    SandboxResult,
+    doctor,
+    run_in_sandbox,
+    sandboxed_read,
+)
 
 __version__ = "0.1.0"
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 __all__ = [
+    "SANDBOX_LAYERS",
+    "DoctorReport",
     "FileResult",
     "FormatError",
+    "LayerReport",
     "LimitExceededError",
     "Limits",
     "ModelInfo",
@@ -61,6 +74,7 @@ __all__ = [
     "RefusedError",
     "SafeloadError",
     "SandboxError",
+    "SandboxResult",
     "ScanReport",
     "SourceError",
     "UnsafeModelError",
@@ -72,6 +86,7 @@ __all__ = [
     "__version__",
     "add_safe_globals",
     "clear_safe_globals",
+    "doctor",
     "effective_policy",
     "get_safe_globals",
     "get_unsafe_globals",
@@ -79,7 +94,9 @@ __all__ = [
     "inspect",
     "load",
     "load_policy",
+    "run_in_sandbox",
     "safe_globals",
+    "sandboxed_read",
     "scan",
     "sign",
     "verify",

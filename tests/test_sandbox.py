@@ -258,6 +258,11 @@ def test_structure_and_tensors_round_trip() -> None:
     assert value["empty"].shape == (0, 3)
     assert value["big_endian"].tolist() == [0, 1, 2]
     assert value["scalar"] == np.float32(1.5)
+    assert value["structured"].dtype == np.dtype([("a", "<i4"), ("b", "<f8", (2,))])
+    assert value["structured"]["b"].tolist() == [[2.0, 3.0]]
+    assert value["text"].tolist() == ["ab", "cde"]
+    assert value["complex"].dtype == np.complex64 and value["complex"][0] == 1 + 2j
+    assert value["odd"] == [1 + 2j, frozenset({1}), {2, 3}, slice(1, None, 2), bytearray(b"x")]
     assert result.meta == {"kind": "echo"}
     assert value["weights"].flags.writeable  # a private mapping: writable, never shared back
 

@@ -125,6 +125,10 @@ def echo_structure(ctx: TaskContext) -> Outcome:
         "empty": np.zeros((0, 3), dtype=np.int64),
         "big_endian": np.arange(3, dtype=">i4"),
         "scalar": np.float32(1.5),
+        "structured": np.array([(1, (2.0, 3.0))], dtype=[("a", "<i4"), ("b", "<f8", (2,))]),
+        "text": np.array(["ab", "cde"]),
+        "complex": np.array([1 + 2j], dtype=np.complex64),
+        "odd": [1 + 2j, frozenset({1}), {2, 3}, slice(1, None, 2), bytearray(b"x")],
     }
     return value, {"kind": "echo"}
 

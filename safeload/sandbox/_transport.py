@@ -12,7 +12,10 @@ Non-tensor structure (the state dict's nesting, ints, strings...) travels as a J
 in the safetensors metadata. Every JSON object in it is a one-key tag, so nothing is ambiguous:
 ``{"$t": name}`` a tensor, ``{"$d": [[k, v], ...]}`` a dict (any hashable keys, order kept),
 ``{"$od": ...}`` an OrderedDict, ``{"$tu": [...]}`` a tuple, ``{"$f": "nan"}`` a non-finite
-float, ``{"$b": base64}`` bytes, ``{"$s": name}`` a NumPy scalar. JSON lists are lists.
+float, ``{"$b": base64}`` bytes, ``{"$s": name}`` a NumPy scalar, and tags for the reader's
+other plain values (complex, bytearray, slice, set, frozenset, and the torch dtype, device and
+layout placeholders, which become real torch objects when the caller asked for torch). JSON
+lists are lists. Cyclic structures do not cross (the worker refuses them).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ import numpy as np
 
 from safeload.errors import SandboxError
 from safeload.formats._dtypes import DTYPES, SAFETENSORS_DTYPES, torch_dtype
+from safeload.formats._types import TorchDevice, TorchDType, TorchLayout
 from safeload.policy import Limits
 
 __all__ = ["decode_result", "encode_result", "seal"]
@@ -69,17 +73,48 @@ class _Encoder:
             self.arrays[name] = arr
         return name
 
+    def _raw(self, arr: np.ndarray[Any, Any]) -> Any:
+        """A NumPy-only dtype (structured, str, complex...): raw bytes plus its ``.npy`` descr."""
+        if arr.dtype.hasobject:
+            raise _protocol("object arrays cannot be sent back from the worker")
+        key = id(arr)
+        name = self._by_id.get(key)
+        if name is None:
+            name = f"n{len(self.arrays)}"
+            self._by_id[key] = name
+            self.arrays[name] = np.ascontiguousarray(arr).reshape(-1).view(np.uint8)
+        descr = np.lib.format.dtype_to_descr(arr.dtype)
+        return {"$np": [name, descr, list(arr.shape)]}
+
     def encode(self, value: object) -> Any:
         if value is None or isinstance(value, bool | int | str):
             return value
         if isinstance(value, float):
             return value if math.isfinite(value) else {"$f": repr(value)}
         if isinstance(value, np.ndarray):
+            dt = value.dtype.newbyteorder("<") if value.dtype.byteorder == ">" else value.dtype
+            if dt not in _NAME_BY_NUMPY:
+                return self._raw(value)
             return {"$t": self._tensor(value)}
         if isinstance(value, np.generic):
             return {"$s": self._tensor(np.asarray(value))}
-        if isinstance(value, bytes | bytearray):
+        if isinstance(value, bytes):
             return {"$b": base64.b64encode(value).decode("ascii")}
+        if isinstance(value, bytearray):
+            return {"$ba": base64.b64encode(value).decode("ascii")}
+        if isinstance(value, complex):
+            return {"$c": [self.encode(value.real), self.encode(value.imag)]}
+        if isinstance(value, slice):
+            return {"$sl": [self.encode(v) for v in (value.start, value.stop, value.step)]}
+        if isinstance(value, set | frozenset):
+            tag = "$fs" if isinstance(value, frozenset) else "$set"
+            return {tag: [self.encode(v) for v in value]}
+        if isinstance(value, TorchDType):
+            return {"$dt": value.name}
+        if isinstance(value, TorchDevice):
+            return {"$dev": value.spec}
+        if isinstance(value, TorchLayout):
+            return {"$lay": value.name}
         if isinstance(value, list):
             return [self.encode(v) for v in value]
         if isinstance(value, tuple):
@@ -208,12 +243,87 @@ class _Decoder:
             return out
         if tag == "$f" and body in ("nan", "inf", "-inf"):
             return float(body)
-        if tag == "$b" and isinstance(body, str):
+        if tag in ("$b", "$ba") and isinstance(body, str):
             try:
-                return base64.b64decode(body, validate=True)
+                raw = base64.b64decode(body, validate=True)
             except binascii.Error as exc:
                 raise _protocol("bad base64 in skeleton") from exc
+            return raw if tag == "$b" else bytearray(raw)
+        if tag == "$c" and isinstance(body, list) and len(body) == 2:
+            re, im = (self.decode(v, depth + 1) for v in body)
+            if not all(isinstance(x, int | float) and not isinstance(x, bool) for x in (re, im)):
+                raise _protocol("bad complex in skeleton")
+            return complex(re, im)
+        if tag == "$sl" and isinstance(body, list) and len(body) == 3:
+            return slice(*(self.decode(v, depth + 1) for v in body))
+        if tag in ("$set", "$fs") and isinstance(body, list):
+            try:
+                items = {self.decode(v, depth + 1) for v in body}
+            except TypeError as exc:
+                raise _protocol("unhashable set item in skeleton") from exc
+            return items if tag == "$set" else frozenset(items)
+        if tag == "$np" and isinstance(body, list) and len(body) == 3:
+            return self._numpy_only(*body)
+        if tag in ("$dt", "$dev", "$lay") and isinstance(body, str):
+            return self._torch_placeholder(tag, body)
         raise _protocol(f"unknown skeleton tag {tag!r}")
+
+    def _numpy_only(self, name: object, descr: object, shape: object) -> Any:
+        """Rebuild a structured/str/complex array from raw bytes; object dtypes never."""
+        raw = self._ref(name)
+        if not (isinstance(name, str) and name.startswith("n")) or not isinstance(raw, np.ndarray):
+            raise _protocol("raw array reference is not a raw tensor")
+        if not isinstance(shape, list) or not all(
+            isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
+        ):
+            raise _protocol("bad raw array shape")
+        try:
+            dtype = np.lib.format.descr_to_dtype(_tuples(descr, 0))
+        except (ValueError, TypeError, KeyError, RecursionError) as exc:
+            raise _protocol("bad raw array dtype", str(exc)) from exc
+        if dtype.hasobject or dtype.itemsize * math.prod(shape) != raw.nbytes:
+            raise _protocol("raw array dtype/shape does not match its bytes")
+        if raw.nbytes == 0:
+            return np.empty(shape, dtype=dtype)
+        return raw.view(dtype).reshape(shape)
+
+    def _torch_placeholder(self, tag: str, body: str) -> Any:
+        """The reader's torch placeholders; real torch objects when torch was asked for."""
+        if self.framework != "torch":
+            if tag == "$dt":
+                return TorchDType(body)
+            return TorchDevice(body) if tag == "$dev" else TorchLayout(body)
+        import torch
+
+        if tag == "$dt":
+            return torch_dtype(body)
+        if tag == "$dev":
+            try:
+                return torch.device(body)
+            except RuntimeError as exc:
+                raise _protocol(f"bad torch device {body!r} in skeleton") from exc
+        layout = getattr(torch, body, None) if body.isidentifier() else None
+        if not isinstance(layout, torch.layout):
+            raise _protocol(f"unknown torch layout {body!r} in skeleton")
+        return layout
+
+
+def _tuples(descr: object, depth: int) -> Any:
+    """JSON turned the descr's tuples into lists; turn them back (bounded depth)."""
+    if depth > 32:
+        raise ValueError("descr nests too deep")
+    if isinstance(descr, str):
+        return descr
+    if not isinstance(descr, list):
+        raise ValueError("descr must be a string or a list")
+    if depth % 2 == 0:  # a field list
+        return [_tuples(field, depth + 1) for field in descr]
+    # one field: (name, format or nested field list[, shape])
+    items = [_tuples(x, depth + 1) if isinstance(x, list) and i == 1 else x
+             for i, x in enumerate(descr)]  # fmt: skip
+    if len(items) == 3 and isinstance(items[2], list):
+        items[2] = tuple(items[2])
+    return tuple(items)
 
 
 def _entries(
@@ -280,11 +390,20 @@ def decode_result(
     meta = header.get("__metadata__")
     if not isinstance(meta, dict) or set(meta) != {_SKELETON_KEY, _META_KEY}:
         raise _protocol("result metadata is missing the skeleton")
+    try:
+        skeleton = json.loads(meta[_SKELETON_KEY])
+        task_meta = json.loads(meta[_META_KEY])
+    except (ValueError, RecursionError, TypeError) as exc:
+        raise _protocol("result skeleton is not JSON", str(exc)) from exc
+    if not isinstance(task_meta, dict):
+        raise _protocol("task metadata is not an object")
+    if task_meta.get("arrays") == "numpy":  # NumPy files give NumPy arrays, as in-process
+        framework = "numpy"
     start = 8 + n
     tensors: dict[str, Any] = {}
     for name, tname, shape, b, _e in list(_entries(header, size - start, limits)):
         numel = math.prod(shape)
-        if framework == "torch":
+        if framework == "torch" and not name.startswith("n"):
             import torch
 
             tdt = torch_dtype(tname)
@@ -299,15 +418,8 @@ def decode_result(
             tensors[name] = np.frombuffer(mm, dtype=npdt, count=numel, offset=start + b).reshape(
                 shape
             )
-    try:
-        skeleton = json.loads(meta[_SKELETON_KEY])
-        task_meta = json.loads(meta[_META_KEY])
-    except (ValueError, RecursionError, TypeError) as exc:
-        raise _protocol("result skeleton is not JSON", str(exc)) from exc
     decoder = _Decoder(tensors, limits, framework)
     value = decoder.decode(skeleton)
     if decoder.used != set(tensors):
         raise _protocol("result carries tensors the skeleton does not use")
-    if not isinstance(task_meta, dict):
-        raise _protocol("task metadata is not an object")
     return value, tensors, task_meta

@@ -24,6 +24,8 @@ environment variables, so it can never reach those.
 
 from __future__ import annotations
 
+import ast
+import contextlib
 import importlib
 import importlib.util
 import json
@@ -34,6 +36,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from safeload.errors import LimitExceededError, SafeloadError, SandboxError
@@ -109,8 +112,11 @@ def _task_read(ctx: TaskContext) -> TaskResult:
     """``safeload.formats.read`` with NumPy arrays (torch is never imported in the worker)."""
     formats = importlib.import_module("safeload.formats")
     result = formats.read(ctx.data(0), name=ctx.names[0], limits=ctx.limits, framework="numpy")
-    fmt = getattr(result.format, "value", result.format)
-    return result.value, {"format": str(fmt)}
+    fmt = str(getattr(result.format, "value", result.format))
+    meta: dict[str, Any] = {"format": fmt}
+    if fmt in ("numpy", "npz"):
+        meta["arrays"] = "numpy"  # NumPy files give NumPy arrays whatever the framework
+    return result.value, meta
 
 
 TASKS: dict[str, Task] = {
@@ -119,6 +125,43 @@ TASKS: dict[str, Task] = {
     "safetensors": _task_safetensors,
 }
 """The fixed task registry: the request names one of these, nothing else runs."""
+
+
+# Standard-library modules reached lazily below the readers (zip member names decode as cp437,
+# the decompressors load on first use); after Landlock their source files cannot be read.
+_STDLIB_LAZY = (
+    "encodings.ascii",
+    "encodings.cp437",
+    "encodings.latin_1",
+    "encodings.raw_unicode_escape",
+    "encodings.unicode_escape",
+    "encodings.utf_8",
+    "encodings.utf_16",
+    "encodings.utf_32",
+    "zipfile",
+    "zlib",
+    "gzip",
+    "bz2",
+    "lzma",
+    "tarfile",
+    "codecs",
+)
+
+
+def _lazy_imports(module: ModuleType) -> set[str]:
+    """Modules a reader imports inside functions (read from its source, never executed)."""
+    source = getattr(module, "__file__", None)
+    if not source or not source.endswith(".py"):
+        return set()
+    tree = ast.parse(Path(source).read_text(encoding="utf-8"))
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+    # torch stays out of the worker: it reads with NumPy and the parent builds the tensors.
+    return {n for n in names if n.split(".")[0] != "torch"}
 
 
 def _preload() -> None:
@@ -132,7 +175,12 @@ def _preload() -> None:
     import safeload.sandbox._transport  # noqa: F401
 
     for mod in pkgutil.walk_packages(formats.__path__, prefix="safeload.formats."):
-        importlib.import_module(mod.name)
+        module = importlib.import_module(mod.name)
+        for name in _lazy_imports(module):
+            with contextlib.suppress(ImportError):
+                importlib.import_module(name)
+    for name in _STDLIB_LAZY:
+        importlib.import_module(name)
     extra = os.environ.get(TEST_TASKS_ENV)
     if extra:
         spec = importlib.util.spec_from_file_location("_safeload_test_tasks", extra)

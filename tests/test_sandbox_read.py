@@ -1,0 +1,134 @@
+"""A sandboxed read gives exactly what the in-process read gives, from real ``torch.save`` files.
+
+The worker reads with NumPy (torch never loads there); the parent builds torch tensors over
+the result memfd. Both paths must agree on structure, dtypes, shapes and every byte.
+"""
+
+from __future__ import annotations
+
+import collections
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from safeload.errors import UnsafeModelError
+from safeload.formats import read
+from safeload.policy import Limits
+from safeload.sandbox import sandboxed_read
+
+LIMITS = Limits()
+torch = pytest.importorskip("torch")
+pytestmark = pytest.mark.torch
+
+
+def _bytes(t: Any) -> bytes:
+    if isinstance(t, np.ndarray):
+        return np.ascontiguousarray(t).tobytes()
+    return bytes(t.detach().contiguous().reshape(-1).view(torch.uint8).numpy())
+
+
+def assert_same(a: Any, b: Any, where: str = "value") -> None:
+    """Same structure and container types, same tensors bit for bit."""
+    if isinstance(a, torch.Tensor | np.ndarray):
+        assert type(b) is type(a) or isinstance(b, torch.Tensor), where
+        assert a.dtype == b.dtype, where
+        assert tuple(a.shape) == tuple(b.shape), where
+        assert _bytes(a) == _bytes(b), where
+        return
+    assert type(a) is type(b), f"{where}: {type(a).__name__} != {type(b).__name__}"
+    if isinstance(a, dict):
+        assert list(a) == list(b), where
+        for k in a:
+            assert_same(a[k], b[k], f"{where}[{k!r}]")
+    elif isinstance(a, list | tuple):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            assert_same(x, y, f"{where}[{i}]")
+    elif isinstance(a, float) and a != a:
+        assert b != b, where
+    else:
+        assert a == b, where
+
+
+def _checkpoint() -> dict[str, Any]:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(16, 8), torch.nn.BatchNorm1d(8),
+                                torch.nn.Linear(8, 2))  # fmt: skip
+    opt = torch.optim.Adam(model.parameters())
+    model(torch.randn(4, 16)).sum().backward()
+    opt.step()
+    return {
+        "model": model.state_dict(),
+        "optimizer": opt.state_dict(),
+        "epoch": 7,
+        "transposed": torch.arange(6, dtype=torch.int32).view(2, 3).t(),
+        "half": torch.randn(5).to(torch.bfloat16),
+        "mask": torch.tensor([True, False, True]),
+    }
+
+
+@pytest.mark.parametrize("zipfile", [True, False], ids=["torch_zip", "torch_legacy"])
+@pytest.mark.parametrize("framework", ["torch", "numpy"])
+def test_sandboxed_read_is_bit_identical(tmp_path: Path, zipfile: bool, framework: str) -> None:
+    path = tmp_path / "checkpoint.pt"
+    torch.save(_checkpoint(), path, _use_new_zipfile_serialization=zipfile)
+    expected = read(bytearray(path.read_bytes()), name=path.name, limits=LIMITS,
+                    framework=framework)  # type: ignore[arg-type]  # fmt: skip
+    got = sandboxed_read(path, limits=LIMITS, framework=framework)  # type: ignore[arg-type]
+    assert_same(expected.value, got)
+    assert isinstance(got, dict)
+    assert isinstance(got["model"], collections.OrderedDict)
+
+
+def test_sandboxed_read_of_npy_and_npz(tmp_path: Path) -> None:
+    arr = np.arange(24, dtype=">f8").reshape(2, 3, 4)
+    np.save(tmp_path / "a.npy", arr)
+    np.savez_compressed(tmp_path / "b.npz", x=arr, y=np.ones(3, dtype=np.uint16))
+    for name in ("a.npy", "b.npz"):
+        path = tmp_path / name
+        expected = read(path.read_bytes(), name=name, limits=LIMITS, framework="numpy").value
+        got = sandboxed_read(path, limits=LIMITS, framework="numpy")
+        if isinstance(expected, np.ndarray):
+            expected = {"": expected}
+            got = {"": got}
+        assert isinstance(got, dict)
+        for key, ref in expected.items():
+            assert np.array_equal(got[key], ref) and got[key].dtype.kind == ref.dtype.kind
+
+
+def test_malicious_pickle_is_refused_in_the_worker_with_the_same_error(tmp_path: Path) -> None:
+    # PROTO 2, GLOBAL os.system, BINUNICODE "ls", TUPLE1, REDUCE, STOP: built from opcodes.
+    payload = b"\x80\x02cos\nsystem\nq\x00X\x02\x00\x00\x00lsq\x01\x85q\x02Rq\x03."
+    path = tmp_path / "evil.pkl"
+    path.write_bytes(payload)
+    with pytest.raises(UnsafeModelError) as info:
+        sandboxed_read(path, limits=LIMITS)
+    assert info.value.rule == "pickle.globals"
+    assert "os.system" in info.value.message
+
+
+@pytest.mark.slow
+def test_corpus_reads_the_same_in_and_out_of_the_sandbox(corpus: Any) -> None:
+    """Every corpus file: same value, or the same refusal, with and without the sandbox."""
+    from safeload.errors import SafeloadError
+
+    for sample in corpus.manifest:
+        path = corpus.path(sample)
+        try:
+            expected: Any = read(bytearray(path.read_bytes()), name=path.name, limits=LIMITS,
+                                 framework="numpy").value  # fmt: skip
+        except SafeloadError as exc:
+            expected = exc
+        try:
+            got: Any = sandboxed_read(path, limits=LIMITS, framework="numpy")
+        except SafeloadError as exc:
+            got = exc
+        where = sample["file"]
+        if isinstance(expected, SafeloadError):
+            assert type(got) is type(expected), f"{where}: {got!r} {getattr(got, 'detail', '')}"
+            assert (got.rule, got.code) == (expected.rule, expected.code), where
+        else:
+            assert_same(expected, got, where)
+    assert list(corpus.markers.iterdir()) == [], "a corpus payload ran"
