@@ -26,6 +26,8 @@ def _signers(identity: str | None, identity_regex: str | None, issuer: str | Non
     out: list[Any] = [KeySigner(public_key=k) for k in keys]
     out += [CertificateSigner(ca_chain=c, identity=identity) for c in cert_chains]
     if issuer is not None:
+        if (identity is None) == (identity_regex is None):
+            raise UsageError("--issuer needs exactly one of --identity or --identity-regex")
         out.append(SigstoreSigner(identity=identity, identity_regex=identity_regex, issuer=issuer))
     elif (identity or identity_regex) and not cert_chains:
         raise UsageError("--identity needs --issuer (Sigstore) or --cert-chain (certificate)")
