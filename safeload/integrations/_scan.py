@@ -452,7 +452,10 @@ def _scan_buffer(
         analysis = formats.analyze(view, name=path.name, limits=limits)
     except RefusedError as exc:
         exc.with_path(str(path))
-        offending = _offending_globals(view, path, limits)
+        # Listing names re-reads the pickle, so only when a pickle rule refused it (a limit hit
+        # would just be hit again).
+        pickle_rule = (exc.rule or "").startswith("pickle.")
+        offending = _offending_globals(view, path, limits) if pickle_rule else []
         return _from_error(
             str(path), detection.format, exc, "unsafe", size,
             time.perf_counter() - started, offending,
