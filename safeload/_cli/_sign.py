@@ -22,7 +22,7 @@ def _hashing_options(func: Callable[..., Any]) -> Callable[..., Any]:
     func = click.option("--hash", "hash_type", type=click.Choice(["sha256", "blake3"]),
                         default="sha256", show_default=True)(func)
     func = click.option("--shard-size", type=click.IntRange(min=1 << 20),
-                        default=1_000_000_000, show_default=True)(func)
+                        default=256 << 20, show_default=True)(func)
     return func
 
 

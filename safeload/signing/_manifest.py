@@ -40,8 +40,10 @@ PAYLOAD_TYPE = "application/vnd.in-toto+json"
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
 PREDICATE_V1 = "https://model_signing/signature/v1.0"
 PREDICATE_LEGACY = "https://model_signing/Digests/v0.1"
-DEFAULT_SHARD_SIZE = 1_000_000_000
-"""model_signing's default shard size, so signatures made by either tool look the same."""
+DEFAULT_SHARD_SIZE = 256 << 20
+"""Shard size safeload signs with. model_signing defaults to 1,000,000,000 bytes; smaller shards
+balance one big file over more cores (a 2 GiB file is 8 work items, not 3), at the cost of a
+longer (still small) resource list. Verification always uses the size the signature records."""
 
 HashType = Literal["sha256", "blake3"]
 Method = Literal["files", "shards"]
