@@ -223,3 +223,18 @@ def test_no_color_output_has_no_escape_codes(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setenv("NO_COLOR", "1")
     result = run(str(EXAMPLES))
     assert "\x1b[" not in result.output
+
+
+def test_format_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SAFELOAD_SCAN_FORMAT", "json")
+    result = run(str(EXAMPLES))
+    assert json.loads(result.output)["exit_code"] == 0
+
+
+def test_progress_callback_counts_every_file(tmp_path: Path) -> None:
+    for i in range(3):
+        (tmp_path / f"notes{i}.txt").write_text("hello\n")
+    seen: list[tuple[int, int]] = []
+    report = safeload.scan([tmp_path], progress=lambda done, total, _p: seen.append((done, total)))
+    assert seen == [(1, 3), (2, 3), (3, 3)]
+    assert report.exit_code == 3
