@@ -212,6 +212,11 @@ def hash_entries(
             if max_total_bytes is not None and total > max_total_bytes:
                 raise LimitExceededError("model is larger than allowed", path=entry.name,
                                          rule="limits.max_total_bytes")
+        if keep == "copy" and total > _physical_memory():
+            raise LimitExceededError(
+                "model is larger than this machine's memory", rule="signing.keep_bytes",
+                detail="verify with keep_bytes=False (verification only), or load file by file",
+            )
         return _run(opened, serialization, workers, _Progress(total, progress))
     finally:
         for f in opened:
@@ -262,6 +267,14 @@ def _run(opened: list[_Open], ser: Serialization, workers: int | None,
 
 def _start_of(name: str, ser: Serialization) -> int:
     return int(name.rsplit(":", 2)[1]) if ser.method == "shards" else 0
+
+
+def _physical_memory() -> int:
+    """RAM in bytes; keeping more than this in private memory would end in the OOM killer."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError):
+        return 1 << 62
 
 
 def _cpu_count() -> int:
