@@ -29,9 +29,9 @@ class VerifiedFile:
     """Where it was read from (informational: never re-open it to load)."""
     digest: str
     """``<algorithm>:<hex>``; for ``shards`` signatures, SHA-256 over the shard digests."""
-    size: int
     data: memoryview | None = field(default=None, repr=False, compare=False)
     """Read-only view of the verified bytes; ``None`` when verify ran with keep_bytes=False."""
+    size: int = 0
 
     def buffer(self) -> memoryview:
         """The verified bytes (read-only). Loading from this is loading what was verified."""

@@ -258,7 +258,7 @@ def verify(
         raise VerificationError("file content does not match the signature", path=str(root),
                                 rule="oms.digest", detail="changed: " + ", ".join(files))
     verified_files = {
-        name: VerifiedFile(name, fr.path, _file_digest(fr, manifest), fr.size, fr.data)
+        name: VerifiedFile(name, fr.path, _file_digest(fr, manifest), fr.data, fr.size)
         for name, fr in sorted(results.items())}
     model = VerifiedModel(
         root=str(root), files=MappingProxyType(verified_files), signers=who,
