@@ -24,18 +24,17 @@ import base64
 import binascii
 import collections
 import fcntl
-import itertools
 import json
 import math
 import mmap
 import os
-from collections.abc import Iterator
 from typing import Any, Literal
 
 import numpy as np
 
-from safeload.errors import SandboxError
+from safeload.errors import FormatError, SandboxError
 from safeload.formats._dtypes import DTYPES, SAFETENSORS_DTYPES, torch_dtype
+from safeload.formats._safetensors import parse_safetensors
 from safeload.formats._types import TorchDevice, TorchDType, TorchLayout
 from safeload.policy import Limits
 
@@ -43,7 +42,6 @@ __all__ = ["decode_result", "encode_result", "seal"]
 
 _SKELETON_KEY = "safeload.skeleton"
 _META_KEY = "safeload.meta"
-_MAX_HEADER = 100 << 20
 _ALIGN = 64
 
 _NAME_BY_NUMPY: dict[np.dtype[Any], str] = {}
@@ -326,45 +324,6 @@ def _tuples(descr: object, depth: int) -> Any:
     return tuple(items)
 
 
-def _entries(
-    header: dict[str, Any], data_len: int, limits: Limits
-) -> Iterator[tuple[str, str, tuple[int, ...], int, int]]:
-    spans = []
-    for name, entry in header.items():
-        if name == "__metadata__":
-            continue
-        if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
-            raise _protocol(f"bad header entry for {name!r}")
-        st, shape, offs = entry["dtype"], entry["shape"], entry["data_offsets"]
-        tname = SAFETENSORS_DTYPES.get(st) if isinstance(st, str) else None
-        if tname is None:
-            raise _protocol(f"unknown dtype {st!r} for {name!r}")
-        if (
-            not isinstance(shape, list)
-            or len(shape) > limits.max_tensor_dims
-            or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
-        ):
-            raise _protocol(f"bad shape for {name!r}")
-        if (
-            not isinstance(offs, list)
-            or len(offs) != 2
-            or not all(isinstance(o, int) and not isinstance(o, bool) for o in offs)
-            or not 0 <= offs[0] <= offs[1] <= data_len
-        ):
-            raise _protocol(f"bad data offsets for {name!r}")
-        numel = math.prod(shape)
-        if numel > limits.max_tensor_elements:
-            raise _protocol(f"{name!r} exceeds limits.max_tensor_elements")
-        if numel * DTYPES[tname].itemsize != offs[1] - offs[0]:
-            raise _protocol(f"{name!r}: size does not match shape and dtype")
-        spans.append((offs[0], offs[1], name))
-        yield name, tname, tuple(shape), offs[0], offs[1]
-    spans.sort()
-    for (_, end, a), (start, _, b) in itertools.pairwise(spans):
-        if start < end:
-            raise _protocol(f"tensors {a!r} and {b!r} overlap")
-
-
 def decode_result(
     fd: int,
     *,
@@ -378,44 +337,38 @@ def decode_result(
         raise _protocol(f"result size {size} outside [8, {max_bytes}]")
     _check_with_safetensors(fd)
     mm = mmap.mmap(fd, size, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ | mmap.PROT_WRITE)
-    n = int.from_bytes(mm[:8], "little")
-    if not 0 < n <= min(size - 8, _MAX_HEADER):
-        raise _protocol("result header length out of range")
     try:
-        header = json.loads(bytes(mm[8 : 8 + n]))
-    except (ValueError, RecursionError) as exc:
-        raise _protocol("result header is not JSON", str(exc)) from exc
-    if not isinstance(header, dict) or len(header) - 1 > limits.max_tensors:
-        raise _protocol("result header is not an object or lists too many tensors")
-    meta = header.get("__metadata__")
-    if not isinstance(meta, dict) or set(meta) != {_SKELETON_KEY, _META_KEY}:
+        parsed = parse_safetensors(memoryview(mm), limits=limits, name="sandbox result")
+    except FormatError as exc:
+        raise _protocol("the worker's result failed safeload's header checks",
+                        exc.diagnostics()) from exc  # fmt: skip
+    meta = parsed.metadata
+    if set(meta) != {_SKELETON_KEY, _META_KEY}:
         raise _protocol("result metadata is missing the skeleton")
     try:
         skeleton = json.loads(meta[_SKELETON_KEY])
         task_meta = json.loads(meta[_META_KEY])
-    except (ValueError, RecursionError, TypeError) as exc:
+    except (ValueError, RecursionError) as exc:
         raise _protocol("result skeleton is not JSON", str(exc)) from exc
     if not isinstance(task_meta, dict):
         raise _protocol("task metadata is not an object")
     if task_meta.get("arrays") == "numpy":  # NumPy files give NumPy arrays, as in-process
         framework = "numpy"
-    start = 8 + n
     tensors: dict[str, Any] = {}
-    for name, tname, shape, b, _e in list(_entries(header, size - start, limits)):
-        numel = math.prod(shape)
+    for name, spec in parsed.specs.items():
+        numel, shape, offset = spec.storage.numel, spec.shape, parsed.offsets[name]
         if framework == "torch" and not name.startswith("n"):
             import torch
 
-            tdt = torch_dtype(tname)
+            tdt = torch_dtype(spec.dtype)
             if numel == 0:
                 tensors[name] = torch.empty(shape, dtype=tdt)
             else:
-                tensors[name] = torch.frombuffer(
-                    mm, dtype=tdt, count=numel, offset=start + b
-                ).reshape(shape)
+                tensors[name] = torch.frombuffer(mm, dtype=tdt, count=numel,
+                                                 offset=offset).reshape(shape)  # fmt: skip
         else:
-            npdt = DTYPES[tname].require_numpy()
-            tensors[name] = np.frombuffer(mm, dtype=npdt, count=numel, offset=start + b).reshape(
+            npdt = DTYPES[spec.dtype].require_numpy()
+            tensors[name] = np.frombuffer(mm, dtype=npdt, count=numel, offset=offset).reshape(
                 shape
             )
     decoder = _Decoder(tensors, limits, framework)

@@ -1,0 +1,117 @@
+"""The parent treats the worker's result as hostile: every malformed answer is a SandboxError.
+
+These results are written by hand (a compromised worker could write anything) into a real
+memfd, sealed, and decoded exactly as ``run_in_sandbox`` does.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+
+from safeload.errors import SandboxError
+from safeload.policy import Limits
+from safeload.sandbox._transport import decode_result, encode_result, seal
+
+LIMITS = Limits()
+
+
+def _safetensors(tensors: dict[str, Any], skeleton: object, meta: object = None) -> bytes:
+    header: dict[str, Any] = {}
+    data = b""
+    for name, spec in tensors.items():
+        header[name] = spec
+    header["__metadata__"] = {
+        "safeload.skeleton": json.dumps(skeleton),
+        "safeload.meta": json.dumps({} if meta is None else meta),
+    }
+    raw = json.dumps(header).encode()
+    size = max((s["data_offsets"][1] for s in tensors.values()), default=0)
+    data = bytes(size)
+    return len(raw).to_bytes(8, "little") + raw + data
+
+
+@pytest.fixture
+def memfd() -> Iterator[int]:
+    fd = os.memfd_create("test-result", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    yield fd
+    os.close(fd)
+
+
+def decode(fd: int, payload: bytes, framework: str = "numpy") -> Any:
+    os.write(fd, payload)
+    seal(fd)
+    return decode_result(fd, limits=LIMITS, framework=framework,  # type: ignore[arg-type]
+                         max_bytes=1 << 20)  # fmt: skip
+
+
+F32x2 = {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}
+
+
+def test_valid_result_decodes(memfd: int) -> None:
+    value, _, meta = decode(memfd, _safetensors({"t0": F32x2}, {"$d": [["w", {"$t": "t0"}]]}))
+    assert isinstance(value, dict) and value["w"].tolist() == [0.0, 0.0]
+    assert meta == {}
+
+
+@pytest.mark.parametrize(
+    ("tensors", "skeleton", "why"),
+    [
+        ({"t0": F32x2, "t1": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]}},
+         [{"$t": "t0"}, {"$t": "t1"}], "overlap"),
+        ({"t0": {"dtype": "F32", "shape": [3], "data_offsets": [0, 8]}}, {"$t": "t0"}, "size"),
+        ({"t0": {"dtype": "X9", "shape": [2], "data_offsets": [0, 8]}}, {"$t": "t0"}, "dtype"),
+        ({"t0": F32x2}, {"$t": "t9"}, "dangling reference"),
+        ({"t0": F32x2}, None, "unused tensor"),
+        ({}, {"$pickle": "gASV"}, "unknown tag"),
+        ({}, {"$d": [[["unhashable"], 1]]}, "unhashable key"),
+        ({"n0": {"dtype": "U8", "shape": [8], "data_offsets": [0, 8]}},
+         {"$np": ["n0", "|O", [1]]}, "object dtype"),
+        ({"t0": F32x2}, {"$np": ["t0", "<f4", [2]]}, "raw reference to a typed tensor"),
+        ({}, {"$b": "not base64!"}, "bad base64"),
+        ({}, {"$dt": "float32", "$dev": "cpu"}, "two-key node"),
+    ],
+)  # fmt: skip
+def test_malformed_results_are_refused(memfd: int, tensors: dict[str, Any], skeleton: object,
+                                       why: str) -> None:  # fmt: skip
+    with pytest.raises(SandboxError) as info:
+        decode(memfd, _safetensors(tensors, skeleton))
+    assert info.value.rule == "sandbox.result", why
+
+
+def test_nesting_beyond_the_limit_is_refused(memfd: int) -> None:
+    skeleton: object = 1
+    for _ in range(LIMITS.max_nesting_depth + 2):
+        skeleton = [skeleton]
+    with pytest.raises(SandboxError):
+        decode(memfd, _safetensors({}, skeleton))
+
+
+def test_truncated_result_is_refused(memfd: int) -> None:
+    payload = _safetensors({"t0": F32x2}, {"$t": "t0"})
+    with pytest.raises(SandboxError):
+        decode(memfd, payload[:-3])
+
+
+def test_sealed_result_cannot_change_under_the_tensors(memfd: int) -> None:
+    value, _, _ = decode(memfd, _safetensors({"t0": F32x2}, {"$t": "t0"}))
+    with pytest.raises(PermissionError):
+        os.pwrite(memfd, b"\x01", 20)
+    value[0] = 5.0  # a private mapping: the caller may write, the memfd stays as sealed
+    assert os.pread(memfd, 4, os.fstat(memfd).st_size - 8) == bytes(4)
+
+
+def test_encode_then_decode_round_trips(memfd: int) -> None:
+    arr = np.arange(6, dtype=np.int16).reshape(2, 3)
+    encode_result(memfd, {"a": arr, "b": [arr, 1.5]}, {"format": "x"})
+    seal(memfd)
+    value, tensors, meta = decode_result(memfd, limits=LIMITS, framework="numpy",
+                                         max_bytes=1 << 20)  # fmt: skip
+    assert isinstance(value, dict)
+    assert value["a"] is value["b"][0] and np.array_equal(value["a"], arr)
+    assert len(tensors) == 1 and meta == {"format": "x"}
