@@ -78,6 +78,9 @@ class AllowedGlobal:
     has_value: bool = False
     tag: str = ""
     """Identity of marker entries other reconstructions accept as arguments (``ndarray``)."""
+    hashes: bool = False
+    """The reconstruction hashes the items of its arguments (sets, dict keys): the VM charges
+    their hashing cost first."""
     extra: Mapping[str, object] = field(default_factory=dict)
 
 
@@ -217,6 +220,7 @@ def _tensor_spec(
     dtype: str | None,
     what: str,
     limits: Limits,
+    requires_grad: bool = False,
 ) -> TensorSpec:
     if type(storage) is not StorageRef:
         raise _bad(what, "the storage argument must come from a storage persistent id")
@@ -251,7 +255,7 @@ def _tensor_spec(
                 rule="pickle.tensor_bounds",
                 detail=f"storage {storage.key!r} holds {storage.numel} elements",
             )
-    return TensorSpec(storage, offset, shape, strides, dt)
+    return TensorSpec(storage, offset, shape, strides, dt, requires_grad)
 
 
 def _rebuild_tensor_v2(args: tuple[object, ...], ctx: Ctx) -> object:
@@ -261,8 +265,7 @@ def _rebuild_tensor_v2(args: tuple[object, ...], ctx: Ctx) -> object:
     _hooks_empty(a[5], "_rebuild_tensor_v2")
     if len(a) == 7 and a[6] is not None:
         check_plain(a[6], ctx, "tensor metadata")
-    spec = _tensor_spec(a[0], a[1], a[2], a[3], None, "_rebuild_tensor_v2", ctx.limits)
-    return replace(spec, requires_grad=a[4])
+    return _tensor_spec(a[0], a[1], a[2], a[3], None, "_rebuild_tensor_v2", ctx.limits, a[4])
 
 
 def _rebuild_tensor_v3(args: tuple[object, ...], ctx: Ctx) -> object:
@@ -272,8 +275,8 @@ def _rebuild_tensor_v3(args: tuple[object, ...], ctx: Ctx) -> object:
     _hooks_empty(a[5], "_rebuild_tensor_v3")
     if len(a) == 8 and a[7] is not None:
         check_plain(a[7], ctx, "tensor metadata")
-    spec = _tensor_spec(a[0], a[1], a[2], a[3], a[6].name, "_rebuild_tensor_v3", ctx.limits)
-    return replace(spec, requires_grad=a[4])
+    name = a[6].name
+    return _tensor_spec(a[0], a[1], a[2], a[3], name, "_rebuild_tensor_v3", ctx.limits, a[4])
 
 
 def _rebuild_tensor(args: tuple[object, ...], ctx: Ctx) -> object:
@@ -620,7 +623,7 @@ def _entries() -> dict[str, AllowedGlobal]:
         rc[name] = AllowedGlobal(name, reason, **kw)
 
     od = "a dict that keeps order; we build a plain collections.OrderedDict"
-    add("collections.OrderedDict", od, reduce=_ordered_dict, newobj=_ordered_dict)
+    add("collections.OrderedDict", od, reduce=_ordered_dict, newobj=_ordered_dict, hashes=True)
     tr = "tensor_rebuild"
     add(
         "torch._utils._rebuild_tensor_v2",
@@ -691,11 +694,12 @@ def _entries() -> dict[str, AllowedGlobal]:
     enc = "turns a str into bytes with latin-1 only, as Python 2 and numpy pickles do"
     add("_codecs.encode", enc, reduce=_codecs_encode)
     for mod in ("builtins", "__builtin__"):  # protocol <= 2 pickles use the Python 2 name
-        add(f"{mod}.set", "a set of plain values", reduce=_set_like(set, "set"))
+        add(f"{mod}.set", "a set of plain values", reduce=_set_like(set, "set"), hashes=True)
         add(
             f"{mod}.frozenset",
             "a frozenset of plain values",
             reduce=_set_like(frozenset, "frozenset"),
+            hashes=True,
         )
         add(
             f"{mod}.bytearray",

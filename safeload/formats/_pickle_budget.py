@@ -34,7 +34,7 @@ class Budget:
         # id -> (container kept alive so the id stays unique, nesting depth); only containers
         # that hold containers are recorded.
         self.depth: dict[int, tuple[object, int]] = {}
-        # id -> (tuple/frozenset kept alive, elements hashing it visits).
+        # id -> (tuple/frozenset kept alive, elements hashing it visits); filled lazily.
         self.weights: dict[int, tuple[object, int]] = {}
 
     def over(self, field: str, what: str) -> NoReturn:
@@ -76,17 +76,33 @@ class Budget:
                 self.depth[id(parent)] = (parent, best + 1)
 
     def weight(self, items: Iterable[Any]) -> int:
-        """Elements that hashing ``items`` visits (tuples and frozensets hash all they hold)."""
-        w = 0
-        for c in items:
-            rec = self.weights.get(id(c)) if type(c) in _HASHED_CONTAINERS else None
-            w += rec[1] if rec else 1
-        return w
+        """Elements hashing ``items`` visits; tuples and frozensets hash all they hold.
 
-    def weigh(self, obj: object, items: tuple[Any, ...] | list[Any]) -> None:
-        """Record a new tuple/frozenset's hashing cost (small flat ones count as 1)."""
-        if len(items) >= 8 or any(type(c) in _HASHED_CONTAINERS for c in items):
-            self.weights[id(obj)] = (obj, min(1 + self.weight(items), 1 << 62))
+        Computed lazily (only for values about to be hashed) and cached per object. Tuples
+        and frozensets are immutable and built from existing values, so the walk is acyclic.
+        """
+        total = 0
+        for c in items:
+            total += self._weight_of(c) if type(c) in _HASHED_CONTAINERS else 1
+        return total
+
+    def _weight_of(self, root: tuple[Any, ...] | frozenset[Any]) -> int:
+        cache = self.weights
+        todo: list[tuple[Any, bool]] = [(root, False)]
+        while todo:
+            node, ready = todo.pop()
+            if id(node) in cache:
+                continue
+            kids = [c for c in node if type(c) in _HASHED_CONTAINERS and id(c) not in cache]
+            if ready or not kids:
+                w = 1
+                for c in node:
+                    w += cache[id(c)][1] if type(c) in _HASHED_CONTAINERS else 1
+                cache[id(node)] = (node, min(w, 1 << 62))
+            else:
+                todo.append((node, True))
+                todo.extend((c, False) for c in kids)
+        return cache[id(root)][1]
 
     def hashing(self, keys: Iterable[Any]) -> None:
         """Charge hashing ``keys`` to the opcode budget before Python pays for it."""

@@ -39,6 +39,7 @@ from safeload.policy._limits import Limits
 __all__ = ["Opaque", "run_pickle"]
 
 _log = logging.getLogger(__name__)
+_U16, _I32, _U32, _U64, _F64 = map(struct.Struct, ("<H", "<i", "<I", "<Q", ">d"))
 
 _ENCODINGS = ("ascii", "latin1", "utf-8", "bytes")
 _DECIMAL = re.compile(rb"[+-]?[0-9]+")
@@ -106,10 +107,18 @@ class _Machine:
         return out
 
     def u8(self) -> int:
-        return int(self.take(1)[0])
+        pos = self.pos
+        if pos >= self.end:
+            self.bad("pickle truncated: needs 1 more byte", "pickle.truncated")
+        self.pos = pos + 1
+        return self.mv[pos]
 
-    def unpack(self, fmt: str) -> Any:
-        return struct.unpack(fmt, self.take(struct.calcsize(fmt)))[0]
+    def unpack(self, fmt: struct.Struct) -> Any:
+        pos = self.pos
+        if pos + fmt.size > self.end:
+            self.bad(f"pickle truncated: needs {fmt.size} more bytes", "pickle.truncated")
+        self.pos = pos + fmt.size
+        return fmt.unpack_from(self.mv, pos)[0]
 
     def line(self) -> bytes:
         """Bytes up to the next newline (protocol 0 arguments), charged to the alloc budget."""
@@ -132,6 +141,8 @@ class _Machine:
         return out
 
     def blob(self, n: int) -> bytes:
+        if n < 0:
+            self.bad(f"negative length {n}")
         if n > self.end - self.pos:
             self.bad(f"pickle truncated: a {n}-byte value", "pickle.truncated")
         self.budget.charge(n)
@@ -181,7 +192,6 @@ class _Machine:
     def tuple_of(self, items: list[Any]) -> tuple[Any, ...]:
         t = tuple(items)
         self.budget.nest(t, t)
-        self.budget.weigh(t, t)
         return t
 
     def target(self, kinds: tuple[type, ...], op: str) -> Any:
@@ -261,12 +271,10 @@ class _Machine:
                 )
             if self.collect is not None and any(type(a) is Opaque for a in args):
                 return Opaque(f"{func.name}(...)")
-            self.budget.hashing(
-                args
-            )  # set/frozenset/OrderedDict hash what their list arguments hold
-            for a in args:
-                if type(a) is list:
-                    self.budget.hashing(a)
+            if func.hashes:  # charge hashing the members before set()/OrderedDict() does
+                for a in args:
+                    if type(a) in (list, tuple):
+                        self.budget.hashing(a)
             result = fn(args, self.ctx)
             self.spend(0)
             return result
@@ -366,7 +374,7 @@ def _proto(m: _Machine) -> None:
 
 @_op(b"\x95")
 def _frame(m: _Machine) -> None:
-    n = m.unpack("<Q")
+    n = m.unpack(_U64)
     if n > m.end - m.pos:
         m.bad("pickle frame runs past the end", "pickle.truncated")
 
@@ -380,9 +388,9 @@ _op(b"N")(lambda m: m.push(None))
 _op(b"\x88")(lambda m: m.push(True))
 _op(b"\x89")(lambda m: m.push(False))
 _op(b"K")(lambda m: m.push(m.u8()))
-_op(b"M")(lambda m: m.push(m.unpack("<H")))
-_op(b"J")(lambda m: m.push(m.unpack("<i")))
-_op(b"G")(lambda m: m.push(m.unpack(">d")))
+_op(b"M")(lambda m: m.push(m.unpack(_U16)))
+_op(b"J")(lambda m: m.push(m.unpack(_I32)))
+_op(b"G")(lambda m: m.push(m.unpack(_F64)))
 
 
 @_op(b"I")
@@ -416,7 +424,7 @@ def _long_n(m: _Machine, n: int) -> None:
 
 
 _op(b"\x8a")(lambda m: _long_n(m, m.u8()))
-_op(b"\x8b")(lambda m: _long_n(m, m.unpack("<i")))
+_op(b"\x8b")(lambda m: _long_n(m, m.unpack(_I32)))
 
 
 @_op(b"S")
@@ -431,15 +439,15 @@ def _string(m: _Machine) -> None:
     m.push(m.py2str(value))
 
 
-_op(b"T")(lambda m: m.push(m.py2str(m.blob(m.unpack("<i")))))
+_op(b"T")(lambda m: m.push(m.py2str(m.blob(m.unpack(_I32)))))
 _op(b"U")(lambda m: m.push(m.py2str(m.blob(m.u8()))))
-_op(b"B")(lambda m: m.push(m.blob(m.unpack("<I"))))
+_op(b"B")(lambda m: m.push(m.blob(m.unpack(_U32))))
 _op(b"C")(lambda m: m.push(m.blob(m.u8())))
-_op(b"\x8e")(lambda m: m.push(m.blob(m.unpack("<Q"))))
-_op(b"\x96")(lambda m: m.push(bytearray(m.blob(m.unpack("<Q")))))
+_op(b"\x8e")(lambda m: m.push(m.blob(m.unpack(_U64))))
+_op(b"\x96")(lambda m: m.push(bytearray(m.blob(m.unpack(_U64)))))
 _op(b"\x8c")(lambda m: m.push(m.text(m.blob(m.u8()))))
-_op(b"X")(lambda m: m.push(m.text(m.blob(m.unpack("<I")))))
-_op(b"\x8d")(lambda m: m.push(m.text(m.blob(m.unpack("<Q")))))
+_op(b"X")(lambda m: m.push(m.text(m.blob(m.unpack(_U32)))))
+_op(b"\x8d")(lambda m: m.push(m.text(m.blob(m.unpack(_U64)))))
 
 
 _op(b"V")(lambda m: m.push(m.text(m.line(), "raw_unicode_escape")))
@@ -523,7 +531,6 @@ def _frozenset(m: _Machine) -> None:
     m.budget.hashing(items)
     fs = frozenset(m.hashable(items))
     m.budget.nest(fs, items)
-    m.budget.weigh(fs, items)
     m.push(fs)
 
 
@@ -549,10 +556,10 @@ def _mark(m: _Machine) -> None:
 _op(b"1")(lambda m: m.pop_mark().clear())
 _op(b"g")(lambda m: m.get(m.decimal(m.line())))
 _op(b"h")(lambda m: m.get(m.u8()))
-_op(b"j")(lambda m: m.get(m.unpack("<I")))
+_op(b"j")(lambda m: m.get(m.unpack(_U32)))
 _op(b"p")(lambda m: m.put(m.decimal(m.line())))
 _op(b"q")(lambda m: m.put(m.u8()))
-_op(b"r")(lambda m: m.put(m.unpack("<I")))
+_op(b"r")(lambda m: m.put(m.unpack(_U32)))
 _op(b"\x94")(lambda m: m.put(len(m.memo)))
 
 
