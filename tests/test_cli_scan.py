@@ -238,3 +238,16 @@ def test_progress_callback_counts_every_file(tmp_path: Path) -> None:
     report = safeload.scan([tmp_path], progress=lambda done, total, _p: seen.append((done, total)))
     assert seen == [(1, 3), (2, 3), (3, 3)]
     assert report.exit_code == 3
+
+
+def test_a_pickle_named_py_is_still_a_pickle(corpus: Any, tmp_path: Path) -> None:
+    payload = (corpus.root / "malicious" / "p0_text_builtin_exec.pkl").read_bytes()
+    (tmp_path / "helpers.py").write_bytes(payload)
+    (tmp_path / "__init__.py").write_bytes(b"")
+    result = run(str(tmp_path), "--format", "json")
+    rows = {Path(r["path"]).name: r for r in json.loads(result.output)["results"]}
+    assert rows["helpers.py"]["verdict"] == "unsafe"
+    assert rows["helpers.py"]["code"].startswith("SL1")
+    assert rows["__init__.py"]["verdict"] == "skipped"
+    assert result.exit_code == 1
+    assert markers_fired(corpus) == []

@@ -15,10 +15,13 @@ Which files are scanned is decided by *content*, not by name, with one documente
   (UTF-8 text for text names, the image magic for image names). Anything else unrecognised is
   **refused** as :class:`~safeload.errors.FormatError` (fail closed: a scanner that waves through
   what it cannot read is a scanner an attacker picks a new extension for).
-* Python source (``*.py``) sitting in a *model folder* (a folder holding at least one scanned model
-  file) is reported as a finding (:data:`PYTHON_IN_MODEL_FOLDER_CODE`): it is code that
-  ``from_pretrained(trust_remote_code=True)`` would import, which safeload never does. Python
-  source anywhere else (a project's own code, ``examples/make_examples.py``) is skipped.
+* Python source (a ``*.py`` file whose text parses as Python; parsed with :func:`ast.parse`,
+  never compiled to code or run) sitting in a *model folder* (a folder holding at least one
+  scanned model file) is reported as a finding (:data:`PYTHON_IN_MODEL_FOLDER_CODE`): it is code
+  that ``from_pretrained(trust_remote_code=True)`` would import, which safeload never does.
+  Python source anywhere else (a project's own code, ``examples/make_examples.py``) is skipped. A
+  ``.py`` file that does not parse as Python goes through the content rules like any other file.
+* Empty files are skipped: they hold nothing a loader could run.
 
 Folders are walked in sorted order without following directory links (no loops); file links are
 followed (Hugging Face cache snapshots are links into ``blobs/``). Version-control metadata
@@ -27,13 +30,14 @@ followed (Hugging Face cache snapshots are links into ``blobs/``). Version-contr
 
 from __future__ import annotations
 
+import ast
 import logging
 import mmap
 import os
 import stat
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -72,6 +76,7 @@ UNRECOGNISED_CODE = "SL210"
 INTERNAL_ERROR_CODE = "SL001"
 """Rule id for a reader that failed in a way it did not anticipate (reported, never passed)."""
 
+_PYTHON = "python"
 _SKIP_DIRS = frozenset({".git", ".hg", ".svn", "__pycache__"})
 
 # Names whose unrecognised content is expected to be text a loader parses as data, never code.
@@ -94,6 +99,7 @@ _IMAGE_MAGIC: dict[str, tuple[bytes, ...]] = {
 # SentencePiece models are protobuf read by sentencepiece's C++ parser, which runs no code.
 _SENTENCEPIECE_NAMES = frozenset({"tokenizer.model", "spiece.model", "sentencepiece.bpe.model"})
 _PYTHON_SUFFIXES = frozenset({".py"})
+_MAX_PYTHON_SOURCE = 16 << 20  # bigger ".py" files are judged by the content rules only
 _DETECT_RULE = "formats.detect"  # the rule detect() raises under when no format matched
 _TEXT_PROBE_BYTES = 64 * 1024
 
@@ -282,7 +288,10 @@ def scan(
         if progress is not None:
             progress(done, total, str(file))
     for file in python_files:
-        by_path[file] = _python_file(file, os.path.realpath(file.parent) in model_dirs)
+        result = _scan_file(file, limits)
+        if result.format == _PYTHON:
+            result = _python_file(result, os.path.realpath(file.parent) in model_dirs)
+        by_path[file] = result
         done += 1
         if progress is not None:
             progress(done, total, str(file))
@@ -294,21 +303,28 @@ def scan(
     )
 
 
-def _python_file(path: Path, in_model_folder: bool) -> FileResult:
-    size = _size(path)
+def _python_file(found: FileResult, in_model_folder: bool) -> FileResult:
     if not in_model_folder:
-        return FileResult(
-            path=str(path), format="python", verdict="skipped", size_bytes=size,
-            message="Python source outside a model folder",
-        )  # fmt: skip
+        return replace(found, message="Python source outside a model folder")
     err = UnsafeModelError(
         "Python source shipped inside a model folder",
-        path=str(path),
+        path=found.path,
         rule="scan.python_in_model_folder",
         code=PYTHON_IN_MODEL_FOLDER_CODE,
         detail="loaders with trust_remote_code=True would import it; safeload never runs it",
     )
-    return _from_error(str(path), "python", err, "unsafe", size, 0.0)
+    return _from_error(found.path, _PYTHON, err, "unsafe", found.size_bytes, found.seconds)
+
+
+def _is_python_source(path: Path, view: memoryview) -> bool:
+    """A ``.py`` file whose text is valid Python (syntax tree only; nothing is compiled or run)."""
+    if path.suffix.lower() not in _PYTHON_SUFFIXES or len(view) > _MAX_PYTHON_SOURCE:
+        return False
+    try:
+        ast.parse(bytes(view).decode("utf-8"), filename=path.name)
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return False
+    return True
 
 
 def _size(path: Path) -> int:
@@ -379,7 +395,8 @@ def _scan_fd(fd: int, path: Path, size: int, limits: Limits, started: float) -> 
             detail=f"{size} > {limits.max_file_bytes} bytes",
         )
     if size == 0:
-        return _unrecognised(path, b"", size, started)
+        fmt = _PYTHON if path.suffix.lower() in _PYTHON_SUFFIXES else None
+        return FileResult(str(path), fmt, "skipped", message="empty file", seconds=0.0)
     mapped = mmap.mmap(fd, size, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ)
     try:
         # Exceptions become results inside _guarded, so no traceback still pins a view of the
@@ -440,6 +457,10 @@ def _scan_buffer(
 ) -> FileResult:
     from safeload import formats
 
+    if _is_python_source(path, view):
+        return FileResult(
+            str(path), _PYTHON, "skipped", size_bytes=size, seconds=time.perf_counter() - started
+        )
     try:
         detection = formats.detect(view, name=path.name, limits=limits)
     except FormatError as exc:
