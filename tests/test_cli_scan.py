@@ -251,3 +251,16 @@ def test_a_pickle_named_py_is_still_a_pickle(corpus: Any, tmp_path: Path) -> Non
     assert rows["__init__.py"]["verdict"] == "skipped"
     assert result.exit_code == 1
     assert markers_fired(corpus) == []
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can list any folder")
+def test_unlistable_folder_is_an_error(tmp_path: Path) -> None:
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0)
+    try:
+        result = run(str(tmp_path), "--format", "json")
+    finally:
+        locked.chmod(0o700)
+    assert result.exit_code == 2
+    assert json.loads(result.output)["results"][0]["rule"] == "scan.walk"

@@ -227,8 +227,15 @@ def _is_text(head: bytes) -> bool:
     return True
 
 
-def _walk(root: Path) -> Iterable[Path]:
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+def _walk(root: Path, problems: list[FileResult]) -> Iterable[Path]:
+    def unreadable(exc: OSError) -> None:
+        # A folder we cannot list is reported, never silently left out of the verdict.
+        err = SourceError(
+            "cannot list folder", path=str(exc.filename), rule="scan.walk", detail=exc.strerror
+        )
+        problems.append(_from_error(str(exc.filename), None, err, "error", 0, 0.0))
+
+    for dirpath, dirnames, filenames in os.walk(root, onerror=unreadable, followlinks=False):
         dirnames[:] = sorted(d for d in dirnames if d not in _SKIP_DIRS)
         for name in sorted(filenames):
             yield Path(dirpath) / name
@@ -241,7 +248,7 @@ def _collect(paths: Sequence[str | os.PathLike[str]]) -> tuple[list[Path], list[
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
-            candidates: Iterable[Path] = _walk(path)
+            candidates: Iterable[Path] = _walk(path, missing)
         elif path.exists():
             candidates = (path,)
         else:
