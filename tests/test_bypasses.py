@@ -725,7 +725,9 @@ def test_ext_registry_opcodes(marker: Path) -> None:
 def test_memo_forged_globals_across_records(marker: Path) -> None:
     """Legacy torch files hold several pickles back to back; a later record must not see an
     earlier record's memo (where a global might have been stashed)."""
-    first = asm(("PROTO", 2), glob("collections", "OrderedDict"), ("BINPUT", 0), "STOP")
+    first = asm(
+        ("PROTO", 2), glob("collections", "OrderedDict"), ("BINPUT", 0), "POP", "NONE", "STOP"
+    )
     second = asm(("PROTO", 2), ("BINGET", 0), "EMPTY_TUPLE", "REDUCE", "STOP")
     data = first + second
     _, end = run_pickle(data, limits=LIMITS, safe_globals={})

@@ -626,6 +626,33 @@ def test_limit_container_nesting_through_memo() -> None:
     assert depth == 50
 
 
+def test_limit_nesting_built_top_down_through_the_memo() -> None:
+    """Each list is placed in its parent *before* it gets a child, so depth tracked while
+    building stays at 2; the final walk measures what recursive readers would face."""
+    ops: list[Any] = ["EMPTY_LIST", ("BINPUT", 0)]
+    for i in range(300):
+        ops += [("LONG_BINGET", i), "EMPTY_LIST", ("LONG_BINPUT", i + 1), "APPEND", "POP"]
+    ops += ["STOP"]
+    limited(asm(*ops), "max_nesting_depth", 100)
+    value = run(asm(*ops[: 2 + 5 * 50], "STOP"))
+    depth = 0
+    while value:
+        value, depth = value[0], depth + 1
+    assert depth == 50
+
+
+def test_uncalled_globals_are_not_returned_as_values() -> None:
+    for ops in (
+        [glob("collections", "OrderedDict")],
+        ["EMPTY_DICT", ustr("f"), glob("torch._utils", "_rebuild_tensor_v2"), "SETITEM"],
+        [glob("numpy", "ndarray"), "TUPLE1"],
+    ):
+        refused(asm(*ops, "STOP"), UnsafeModelError, "pickle.globals")
+    found: list[str] = []
+    run(asm(glob("os", "system"), "STOP"), collect_unsafe=found)
+    assert found == ["os.system"]
+
+
 def test_limit_container_items_counts_shared_appends() -> None:
     # One list appended to itself via DUP: every APPENDS adds references, not memory.
     ops = ["EMPTY_LIST", ("BINPUT", 0)] + [["MARK"] + [("BINGET", 0)] * 50 + ["APPENDS"]] * 30

@@ -9,16 +9,18 @@ million steps to hash, so every dict key and set member is charged its full hash
 
 from __future__ import annotations
 
+import collections
 from collections.abc import Iterable
 from typing import Any, NoReturn
 
-from safeload.errors import LimitExceededError
+from safeload.errors import LimitExceededError, UnsafeModelError
 from safeload.policy._limits import Limits
 
-__all__ = ["Budget"]
+__all__ = ["Budget", "check_result"]
 
 _SCALAR_TYPES = (type(None), bool, int, float, str, bytes)
 _HASHED_CONTAINERS = (tuple, frozenset)
+_WALKED = (list, tuple, dict, set, frozenset, collections.OrderedDict)
 
 
 class Budget:
@@ -107,3 +109,36 @@ class Budget:
     def hashing(self, keys: Iterable[Any]) -> None:
         """Charge hashing ``keys`` to the opcode budget before Python pays for it."""
         self.spend(self.weight(keys))
+
+
+def check_result(value: object, limits: Limits, forbidden: tuple[type, ...]) -> None:
+    """Walk the finished value the way readers later will, and refuse what they cannot take.
+
+    Containers can be filled after they were placed inside others (through the memo), so
+    the depth tracked while building can under-report. This walk visits each container once
+    in natural order, as the memoised recursive walkers downstream do, and measures the
+    depth they would reach. It also refuses ``forbidden`` objects (callables that were named
+    but never used to rebuild anything) anywhere in the value.
+    """
+    seen: set[int] = set()
+    todo: list[tuple[object, int]] = [(value, 1)]
+    while todo:
+        node, depth = todo.pop()
+        t = type(node)
+        if t in forbidden:
+            raise UnsafeModelError(
+                f"global {getattr(node, 'name', t.__name__)!r} is returned as a value",
+                rule="pickle.globals",
+                code="SL103",
+                detail="safeload rebuilds data; a callable is only usable as a reconstruction",
+            )
+        if t not in _WALKED or id(node) in seen:
+            continue
+        seen.add(id(node))
+        if depth > limits.max_nesting_depth:
+            raise LimitExceededError(
+                f"value nesting exceeds the limit of {limits.max_nesting_depth}",
+                rule="limits.max_nesting_depth",
+            )
+        children: Any = node.values() if isinstance(node, dict) else node
+        todo.extend((c, depth + 1) for c in reversed(list(children)))

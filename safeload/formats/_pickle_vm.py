@@ -31,7 +31,7 @@ from safeload.errors import (
     UsageError,
 )
 from safeload.formats._allowlist import ALLOWLIST, AllowedGlobal, Ctx, build_tensor_spec
-from safeload.formats._pickle_budget import Budget
+from safeload.formats._pickle_budget import Budget, check_result
 from safeload.formats._safe_globals import SafeGlobal, build_instance, get_safe_globals, instantiate
 from safeload.formats._types import TensorSpec
 from safeload.policy._limits import Limits
@@ -349,6 +349,7 @@ class _Machine:
             handler(self)
         if self.metastack or len(self.stack) != 1:
             self.bad("pickle stack is not a single value at STOP", "pickle.stack")
+        check_result(self.stack[0], self.limits, (AllowedGlobal,))
         return self.stack[0], self.pos
 
 
