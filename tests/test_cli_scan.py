@@ -264,3 +264,22 @@ def test_unlistable_folder_is_an_error(tmp_path: Path) -> None:
         locked.chmod(0o700)
     assert result.exit_code == 2
     assert json.loads(result.output)["results"][0]["rule"] == "scan.walk"
+
+
+def test_policy_decides_each_clean_file(tmp_path: Path) -> None:
+    policy = tmp_path / "st-only.toml"
+    policy.write_text('version = 1\n\n[formats]\nallowed = ["safetensors"]\n')
+    result = run(str(EXAMPLES), "--policy", str(policy), "--format", "json")
+    assert result.exit_code == 1
+    rows = {Path(r["path"]).name: r for r in json.loads(result.output)["results"]}
+    assert rows["model.safetensors"]["verdict"] == "clean"
+    assert rows["model.pt"]["verdict"] == "unsafe"
+    assert rows["model.pt"]["code"] == safeload.PolicyViolation.code
+
+
+def test_bad_policy_file_exits_2(tmp_path: Path) -> None:
+    policy = tmp_path / "bad.toml"
+    policy.write_text("version = 1\nrequire_signatures = true\n")
+    result = run(str(EXAMPLES), "--policy", str(policy))
+    assert result.exit_code == 2
+    assert "safeload: error:" in result.output

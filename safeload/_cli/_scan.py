@@ -68,15 +68,6 @@ class _LazyProgress:
             self._bar.stop()
 
 
-def _limits_from_policy(policy_file: str | None) -> safeload.Limits | None:
-    if policy_file is None:
-        return None
-    from safeload.policy import load_policy
-
-    limits: safeload.Limits = load_policy(policy_file).limits
-    return limits
-
-
 @click.command("scan")
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=str))
 @click.option(
@@ -99,7 +90,7 @@ def _limits_from_policy(policy_file: str | None) -> safeload.Limits | None:
     "--policy",
     type=click.Path(dir_okay=False, exists=True, path_type=str),
     default=None,
-    help="Policy file whose limits the readers enforce.",
+    help="Policy file: its limits apply, and each clean file is decided as load would.",
 )
 def scan(paths: tuple[str, ...], fmt: str, output: str | None, policy: str | None) -> None:
     """Scan model files and folders without running them.
@@ -107,10 +98,9 @@ def scan(paths: tuple[str, ...], fmt: str, output: str | None, policy: str | Non
     Every file is identified by its content and validated by safeload's readers; nothing in a
     file is imported or executed. Text and configuration files are skipped (see docs/cli.md).
     """
-    limits = _limits_from_policy(policy)
     interactive = sys.stderr.isatty() and os.environ.get("TERM") != "dumb"
     with _LazyProgress(interactive) as progress:
-        report = safeload.scan(list(paths), limits=limits, progress=progress)
+        report = safeload.scan(list(paths), policy=policy, progress=progress)
     color = (
         output is None and fmt == "text" and sys.stdout.isatty() and "NO_COLOR" not in os.environ
     )

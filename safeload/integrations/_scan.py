@@ -49,7 +49,7 @@ from safeload.errors import (
     SourceError,
     UnsafeModelError,
 )
-from safeload.policy import Limits
+from safeload.policy import Limits, Policy, PolicyGate
 
 __all__ = [
     "PYTHON_IN_MODEL_FOLDER_CODE",
@@ -267,6 +267,7 @@ def scan(
     paths: Sequence[str | os.PathLike[str]] | str | os.PathLike[str],
     *,
     limits: Limits | None = None,
+    policy: Policy | str | os.PathLike[str] | None = None,
     progress: ProgressCallback | None = None,
 ) -> ScanReport:
     """Scan files and folders; a verdict per file, never an exception for a bad model.
@@ -274,9 +275,22 @@ def scan(
     Refusals (the model asks for code, is malformed, or exceeds ``limits``) become ``"unsafe"``
     results; operational failures (a missing path, an unreadable file) become ``"error"``
     results. Nothing in a scanned file is executed.
+
+    Without ``policy`` the verdict is about content alone. With one (a ``Policy`` or a policy
+    file), its limits apply and every file that reads cleanly is then decided and audited as
+    ``safeload.load`` would decide it (formats allowed, size and tensor rules, signatures: a
+    scanned file is never "verified", so a policy that requires signatures refuses it). A bad
+    policy raises :class:`~safeload.errors.PolicyError` before any file is read.
     """
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
+    gate: PolicyGate | None = None
+    if policy is not None:
+        from safeload.formats._safe_globals import get_safe_globals
+        from safeload.policy import policy_gate
+
+        gate = policy_gate(policy, limits, registered_globals=get_safe_globals())
+        limits = gate.limits
     limits = limits if limits is not None else Limits()
     started = time.perf_counter()
     files, results = _collect(paths)
@@ -287,7 +301,7 @@ def scan(
     model_dirs: set[str] = set()
     by_path: dict[Path, FileResult] = {}
     for file in model_like:
-        result = _scan_file(file, limits)
+        result = _scan_file(file, limits, gate)
         by_path[file] = result
         if result.verdict != "skipped":
             model_dirs.add(os.path.realpath(file.parent))
@@ -295,7 +309,7 @@ def scan(
         if progress is not None:
             progress(done, total, str(file))
     for file in python_files:
-        result = _scan_file(file, limits)
+        result = _scan_file(file, limits, gate)
         if result.format == _PYTHON:
             result = _python_file(result, os.path.realpath(file.parent) in model_dirs)
         by_path[file] = result
@@ -381,19 +395,22 @@ def _open_regular(path: Path) -> tuple[int, int]:
     return fd, st.st_size
 
 
-def _scan_file(path: Path, limits: Limits) -> FileResult:
+def _scan_file(path: Path, limits: Limits, gate: PolicyGate | None) -> FileResult:
     started = time.perf_counter()
     try:
         fd, size = _open_regular(path)
     except SafeloadError as exc:
         return _from_error(str(path), None, exc, "error", _size(path), 0.0)
     try:
-        return _guarded(path, size, started, lambda: _scan_fd(fd, path, size, limits, started))
+        work = lambda: _scan_fd(fd, path, size, limits, gate, started)  # noqa: E731
+        return _guarded(path, size, started, work)
     finally:
         os.close(fd)
 
 
-def _scan_fd(fd: int, path: Path, size: int, limits: Limits, started: float) -> FileResult:
+def _scan_fd(
+    fd: int, path: Path, size: int, limits: Limits, gate: PolicyGate | None, started: float
+) -> FileResult:
     if size > limits.max_file_bytes:
         raise LimitExceededError(
             "file is larger than the policy allows",
@@ -408,7 +425,7 @@ def _scan_fd(fd: int, path: Path, size: int, limits: Limits, started: float) -> 
     try:
         # Exceptions become results inside _guarded, so no traceback still pins a view of the
         # mapping by the time it is closed.
-        work = lambda: _scan_buffer(path, memoryview(mapped), limits, size, started)  # noqa: E731
+        work = lambda: _scan_buffer(path, memoryview(mapped), limits, gate, size, started)  # noqa: E731
         return _guarded(path, size, started, work)
     finally:
         try:
@@ -460,7 +477,12 @@ def _unrecognised(path: Path, head: bytes, size: int, started: float) -> FileRes
 
 
 def _scan_buffer(
-    path: Path, view: memoryview, limits: Limits, size: int, started: float
+    path: Path,
+    view: memoryview,
+    limits: Limits,
+    gate: PolicyGate | None,
+    size: int,
+    started: float,
 ) -> FileResult:
     from safeload import formats
 
@@ -488,6 +510,14 @@ def _scan_buffer(
             str(path), detection.format, exc, "unsafe", size,
             time.perf_counter() - started, offending,
         )  # fmt: skip
+    if gate is not None:
+        # Raises PolicyViolation (a refusal) when the policy, in enforce mode, says no.
+        gate.check(
+            view,
+            name=str(path),
+            fmt=analysis.format.value,
+            shapes=[t.shape for t in analysis.tensors],
+        )
     return FileResult(
         path=str(path),
         format=analysis.format,
