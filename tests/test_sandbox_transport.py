@@ -21,7 +21,8 @@ from safeload.sandbox._transport import decode_result, encode_result, seal
 LIMITS = Limits()
 
 
-def _safetensors(tensors: dict[str, Any], skeleton: object, meta: object = None) -> bytes:
+def _safetensors(tensors: dict[str, Any], skeleton: object, meta: object = None,
+                 refs: object = ()) -> bytes:  # fmt: skip
     header: dict[str, Any] = {}
     data = b""
     for name, spec in tensors.items():
@@ -29,6 +30,7 @@ def _safetensors(tensors: dict[str, Any], skeleton: object, meta: object = None)
     header["__metadata__"] = {
         "safeload.skeleton": json.dumps(skeleton),
         "safeload.meta": json.dumps({} if meta is None else meta),
+        "safeload.filerefs": json.dumps(list(refs) if isinstance(refs, tuple) else refs),
     }
     raw = json.dumps(header).encode()
     size = max((s["data_offsets"][1] for s in tensors.values()), default=0)
@@ -43,11 +45,11 @@ def memfd() -> Iterator[int]:
     os.close(fd)
 
 
-def decode(fd: int, payload: bytes, framework: str = "numpy") -> Any:
+def decode(fd: int, payload: bytes, framework: str = "numpy", inputs: tuple[int, ...] = ()) -> Any:
     os.write(fd, payload)
     seal(fd)
     return decode_result(fd, limits=LIMITS, framework=framework,  # type: ignore[arg-type]
-                         max_bytes=1 << 20)  # fmt: skip
+                         max_bytes=1 << 20, inputs=inputs)  # fmt: skip
 
 
 F32x2 = {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}
@@ -82,6 +84,50 @@ def test_malformed_results_are_refused(memfd: int, tensors: dict[str, Any], skel
     with pytest.raises(SandboxError) as info:
         decode(memfd, _safetensors(tensors, skeleton))
     assert info.value.rule == "sandbox.result", why
+
+
+@pytest.mark.parametrize(
+    ("ref", "why"),
+    [
+        ([0, 0, "float32", [5], [1]], "past the end of the 16-byte input"),
+        ([0, 4, "float32", [2], [3]], "strided past the end"),
+        ([1, 0, "float32", [1], [1]], "no such input"),
+        ([0, 2, "float32", [1], [1]], "misaligned"),
+        ([0, -4, "float32", [1], [1]], "negative offset"),
+        ([0, 0, "object", [1], [1]], "unknown dtype"),
+        ([0, 0, "float32", [2], [-1]], "negative stride"),
+        ([0, 0, "float32", [2, 2], [1]], "rank mismatch"),
+        ("0,0", "not a list"),
+    ],
+)
+def test_bad_file_references_are_refused(memfd: int, tmp_path: Any, ref: object, why: str) -> None:
+    model = tmp_path / "model.bin"
+    model.write_bytes(bytes(range(16)))
+    fd = os.open(model, os.O_RDONLY)
+    try:
+        with pytest.raises(SandboxError) as info:
+            decode(memfd, _safetensors({}, {"$fr": 0}, refs=[ref]), inputs=(fd,))
+    finally:
+        os.close(fd)
+    assert info.value.rule == "sandbox.result", why
+
+
+@pytest.mark.parametrize("framework", ["numpy", "torch"])
+def test_file_references_map_the_parents_own_descriptor(memfd: int, tmp_path: Any,
+                                                        framework: str) -> None:  # fmt: skip
+    data = np.arange(8, dtype=np.float32)
+    model = tmp_path / "model.bin"
+    model.write_bytes(data.tobytes())
+    fd = os.open(model, os.O_RDONLY)
+    try:
+        # a transposed 2x2 view starting at element 2: strides (1, 2) in elements
+        value, _, _ = decode(memfd, _safetensors({}, {"$fr": 0}, refs=[[0, 8, "float32", [2, 2],
+                             [1, 2]]]), framework=framework, inputs=(fd,))  # fmt: skip
+    finally:
+        os.close(fd)
+    expected = data[2:6].reshape(2, 2).T
+    got = value if framework == "numpy" else value.numpy()
+    assert np.array_equal(got, expected)
 
 
 def test_nesting_beyond_the_limit_is_refused(memfd: int) -> None:

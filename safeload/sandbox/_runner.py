@@ -359,7 +359,8 @@ def run_in_sandbox(
                                detail=", ".join(sorted(required - applied)))  # fmt: skip
         _transport.seal(result_fd)
         value, tensors, meta = _transport.decode_result(
-            result_fd, limits=limits, framework=framework, max_bytes=plan.file_size
+            result_fd, limits=limits, framework=framework, max_bytes=plan.file_size,
+            inputs=input_fds,
         )
     return SandboxResult(
         value=value,

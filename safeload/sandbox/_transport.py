@@ -28,6 +28,7 @@ import json
 import math
 import mmap
 import os
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -42,6 +43,7 @@ __all__ = ["decode_result", "encode_result", "seal"]
 
 _SKELETON_KEY = "safeload.skeleton"
 _META_KEY = "safeload.meta"
+_FILEREFS_KEY = "safeload.filerefs"
 _ALIGN = 64
 
 _NAME_BY_NUMPY: dict[np.dtype[Any], str] = {}
@@ -59,9 +61,32 @@ def _protocol(message: str, detail: str | None = None) -> SandboxError:
 
 
 class _Encoder:
-    def __init__(self) -> None:
+    def __init__(self, regions: Sequence[tuple[int, int]]) -> None:
         self.arrays: dict[str, np.ndarray[Any, Any]] = {}
         self._by_id: dict[int, str] = {}
+        self.file_refs: list[list[Any]] = []
+        self._ref_by_id: dict[int, int] = {}
+        self._regions = regions
+
+    def _file_ref(self, arr: np.ndarray[Any, Any]) -> int | None:
+        """Index of a file reference when ``arr`` is a plain view into an input mapping."""
+        if id(arr) in self._ref_by_id:
+            return self._ref_by_id[id(arr)]
+        tname = _NAME_BY_NUMPY.get(arr.dtype)
+        item = arr.dtype.itemsize
+        if tname is None or arr.dtype.byteorder == ">" or arr.size == 0:
+            return None
+        if any(s < 0 or s % item for s in arr.strides):
+            return None
+        addr = arr.__array_interface__["data"][0]
+        end = addr + sum((d - 1) * s for d, s in zip(arr.shape, arr.strides, strict=True)) + item
+        for index, (base, length) in enumerate(self._regions):
+            if base <= addr and end <= base + length and (addr - base) % item == 0:
+                strides = [s // item for s in arr.strides]
+                self.file_refs.append([index, addr - base, tname, list(arr.shape), strides])
+                ref = self._ref_by_id[id(arr)] = len(self.file_refs) - 1
+                return ref
+        return None
 
     def _tensor(self, arr: np.ndarray[Any, Any]) -> str:
         name = self._by_id.get(id(arr))
@@ -93,6 +118,9 @@ class _Encoder:
             dt = value.dtype.newbyteorder("<") if value.dtype.byteorder == ">" else value.dtype
             if dt not in _NAME_BY_NUMPY:
                 return self._raw(value)
+            ref = self._file_ref(value)
+            if ref is not None:
+                return {"$fr": ref}
             return {"$t": self._tensor(value)}
         if isinstance(value, np.generic):
             return {"$s": self._tensor(np.asarray(value))}
@@ -133,9 +161,15 @@ def _write_all(fd: int, data: memoryview) -> None:
         data = data[n:]
 
 
-def encode_result(fd: int, value: object, meta: dict[str, Any]) -> None:
-    """Write ``value`` as safetensors bytes to ``fd`` (worker side), without copying arrays."""
-    enc = _Encoder()
+def encode_result(
+    fd: int, value: object, meta: dict[str, Any], regions: Sequence[tuple[int, int]] = ()
+) -> None:
+    """Write ``value`` as safetensors bytes to ``fd`` (worker side), without copying arrays.
+
+    ``regions`` are the ``(address, length)`` of the worker's input mappings: an array that is a
+    plain view into one of them travels as a file reference instead of bytes.
+    """
+    enc = _Encoder(regions)
     skeleton = enc.encode(value)
     # Largest item size first, so every tensor stays aligned to its element size.
     order = sorted(enc.arrays, key=lambda n: -enc.arrays[n].dtype.itemsize)
@@ -158,6 +192,7 @@ def encode_result(fd: int, value: object, meta: dict[str, Any]) -> None:
     header["__metadata__"] = {
         _SKELETON_KEY: json.dumps(skeleton, allow_nan=False),
         _META_KEY: json.dumps(meta, allow_nan=False),
+        _FILEREFS_KEY: json.dumps(enc.file_refs),
     }
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-(8 + len(raw)) % _ALIGN)
@@ -202,6 +237,11 @@ class _Decoder:
         self.items = 0
         self.framework = framework
 
+    def _file_ref(self, index: object) -> Any:
+        if not isinstance(index, int) or isinstance(index, bool):
+            raise _protocol("bad file reference in skeleton")
+        return self._ref(f"f{index}")
+
     def _ref(self, name: object) -> Any:
         if not isinstance(name, str) or name not in self.tensors:
             raise _protocol("skeleton names a tensor that is not in the result")
@@ -223,6 +263,8 @@ class _Decoder:
         ((tag, body),) = node.items()
         if tag == "$t":
             return self._ref(body)
+        if tag == "$fr":
+            return self._file_ref(body)
         if tag == "$s":
             arr = self._ref(body)
             return arr[()] if self.framework == "numpy" else arr
@@ -324,14 +366,105 @@ def _tuples(descr: object, depth: int) -> Any:
     return tuple(items)
 
 
+def _ints(value: object) -> bool:
+    return isinstance(value, list) and all(
+        isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value
+    )
+
+
+class _InputMaps:
+    """Private, writable (copy-on-write) mappings of the input files the parent opened."""
+
+    def __init__(self, fds: Sequence[int]) -> None:
+        self._fds = fds
+        self._maps: dict[int, mmap.mmap] = {}
+        self._storages: dict[int, Any] = {}
+
+    def map(self, index: int) -> mmap.mmap:
+        mm = self._maps.get(index)
+        if mm is None:
+            fd = self._fds[index]
+            mm = mmap.mmap(fd, os.fstat(fd).st_size, flags=mmap.MAP_PRIVATE,
+                           prot=mmap.PROT_READ | mmap.PROT_WRITE)  # fmt: skip
+            self._maps[index] = mm
+        return mm
+
+    def storage(self, index: int) -> Any:
+        import torch
+
+        storage = self._storages.get(index)
+        if storage is None:
+            storage = torch.frombuffer(self.map(index), dtype=torch.uint8).untyped_storage()
+            self._storages[index] = storage
+        return storage
+
+
+def _file_tensors(
+    raw: str, fds: Sequence[int], limits: Limits, framework: str
+) -> dict[str, Any]:
+    """Tensors the worker found inside an input file, rebuilt over the parent's own mapping.
+
+    The worker only says *where* (input, byte offset, dtype, shape, strides); every reference
+    is bounds-checked against the file the parent itself opened, so a lying worker can at worst
+    point at other bytes of the same input, never outside it.
+    """
+    try:
+        refs = json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        raise _protocol("file references are not JSON", str(exc)) from exc
+    if not isinstance(refs, list) or len(refs) > limits.max_tensors:
+        raise _protocol("file references are not a list or too many")
+    maps = _InputMaps(fds)
+    out: dict[str, Any] = {}
+    for i, ref in enumerate(refs):
+        if not isinstance(ref, list) or len(ref) != 5:
+            raise _protocol("malformed file reference")
+        index, offset, tname, shape, strides = ref
+        if (
+            not isinstance(index, int)
+            or not 0 <= index < len(fds)
+            or not isinstance(offset, int)
+            or tname not in DTYPES
+            or not _ints(shape)
+            or not _ints(strides)
+            or len(shape) != len(strides)
+            or len(shape) > limits.max_tensor_dims
+        ):
+            raise _protocol("malformed file reference")
+        item = DTYPES[tname].itemsize
+        numel = math.prod(shape)
+        if not 0 < numel <= limits.max_tensor_elements or offset < 0 or offset % item:
+            raise _protocol("file reference has a bad size or offset")
+        mm = maps.map(index)
+        last = offset + (sum((d - 1) * s for d, s in zip(shape, strides, strict=True)) + 1) * item
+        if last > len(mm):
+            raise _protocol("file reference points outside its input file")
+        if framework == "torch":
+            import torch
+
+            t = torch.empty(0, dtype=torch_dtype(tname))
+            t.set_(maps.storage(index), offset // item, tuple(shape), tuple(strides))
+            out[f"f{i}"] = t
+        else:
+            npdt = DTYPES[tname].require_numpy()
+            out[f"f{i}"] = np.ndarray(tuple(shape), dtype=npdt, buffer=mm, offset=offset,
+                                      strides=tuple(s * item for s in strides))  # fmt: skip
+    return out
+
+
 def decode_result(
     fd: int,
     *,
     limits: Limits,
     framework: Literal["numpy", "torch"],
     max_bytes: int,
+    inputs: Sequence[int] = (),
 ) -> tuple[object, dict[str, Any], dict[str, Any]]:
-    """Validate and map a sealed result memfd: ``(value, tensors by name, task metadata)``."""
+    """Validate and map a sealed result memfd: ``(value, tensors by name, task metadata)``.
+
+    ``inputs`` are the parent's descriptors of the input files, for tensors the worker sent as
+    references into them.
+    """
     size = os.fstat(fd).st_size
     if not 8 <= size <= max_bytes:
         raise _protocol(f"result size {size} outside [8, {max_bytes}]")
@@ -343,7 +476,7 @@ def decode_result(
         raise _protocol("the worker's result failed safeload's header checks",
                         exc.diagnostics()) from exc  # fmt: skip
     meta = parsed.metadata
-    if set(meta) != {_SKELETON_KEY, _META_KEY}:
+    if set(meta) != {_SKELETON_KEY, _META_KEY, _FILEREFS_KEY}:
         raise _protocol("result metadata is missing the skeleton")
     try:
         skeleton = json.loads(meta[_SKELETON_KEY])
@@ -354,7 +487,7 @@ def decode_result(
         raise _protocol("task metadata is not an object")
     if task_meta.get("arrays") == "numpy":  # NumPy files give NumPy arrays, as in-process
         framework = "numpy"
-    tensors: dict[str, Any] = {}
+    tensors = _file_tensors(meta[_FILEREFS_KEY], inputs, limits, framework)
     for name, spec in parsed.specs.items():
         numel, shape, offset = spec.storage.numel, spec.shape, parsed.offsets[name]
         if framework == "torch" and not name.startswith("n"):

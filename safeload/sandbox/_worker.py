@@ -39,6 +39,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import numpy as np
+
 from safeload.errors import LimitExceededError, SafeloadError, SandboxError
 from safeload.policy import Limits
 from safeload.sandbox import _layers
@@ -75,16 +77,29 @@ class TaskContext:
     limits: Limits
     output_dir: Path | None
     params: dict[str, Any]
-    _maps: list[mmap.mmap] = field(default_factory=list)
+    _maps: dict[int, mmap.mmap] = field(default_factory=dict)
 
     def data(self, index: int) -> memoryview:
         """Input ``index`` as a read-only memoryview over a shared mapping (no copy)."""
         fd = self.fds[index]
         if os.fstat(fd).st_size == 0:
             return memoryview(b"")
-        mm = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
-        self._maps.append(mm)
+        mm = self._maps.get(index)
+        if mm is None:
+            mm = self._maps[index] = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
         return memoryview(mm)
+
+    def regions(self) -> list[tuple[int, int]]:
+        """``(address, length)`` of each mapped input, so views into it travel as references."""
+        out = []
+        for index in range(len(self.fds)):
+            mm = self._maps.get(index)
+            if mm is None:
+                out.append((0, 0))
+            else:
+                addr = np.frombuffer(mm, dtype=np.uint8).__array_interface__["data"][0]
+                out.append((int(addr), len(mm)))
+        return out
 
 
 TaskResult = tuple[object, dict[str, Any]]
@@ -241,7 +256,7 @@ def _run(request: dict[str, Any], reports: list[_layers.LayerReport]) -> dict[st
     value, meta = task(ctx)
     from safeload.sandbox._transport import encode_result
 
-    encode_result(FD_RESULT, value, meta)
+    encode_result(FD_RESULT, value, meta, ctx.regions())
     return {"ok": True}
 
 

@@ -1,0 +1,124 @@
+"""Sandbox cost: worker start-up, and a 1 GiB checkpoint loaded in the sandbox vs in-process.
+
+Run: ``nice python benchmarks/bench_sandbox.py [--gib 1.0] [--repeat 3]``. Prints ratios, never
+asserts. Each load runs in a fresh interpreter so peak RSS (``ru_maxrss``) belongs to that
+load alone; the sandboxed run also reports the worker's own peak RSS (from ``wait4``).
+Both loads end by reading every tensor element, so lazily mapped pages are counted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+_CHILD = r"""
+import json, mmap, resource, sys, time
+from pathlib import Path
+import torch
+from safeload.formats import read
+from safeload.policy import Limits
+from safeload.sandbox import run_in_sandbox
+
+mode, path = sys.argv[1], Path(sys.argv[2])
+t0 = time.perf_counter()
+worker_rss = 0
+if mode == "inprocess":
+    with path.open("rb") as f:
+        mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)  # writable: torch needs no copy
+    value = read(memoryview(mm), name=path.name, limits=Limits(), framework="torch").value
+else:
+    result = run_in_sandbox("read", [path], limits=Limits(), framework="torch")
+    value, worker_rss = result.value, result.worker_max_rss
+loaded = time.perf_counter() - t0
+total = 0.0
+for t in value.values():
+    total += float(t.sum())
+wall = time.perf_counter() - t0
+print(json.dumps({
+    "loaded_s": loaded,
+    "wall_s": wall,
+    "rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+    "worker_rss": worker_rss,
+}))
+"""
+
+
+def _run(mode: str, path: Path) -> dict[str, float]:
+    out = subprocess.run(
+        [sys.executable, "-c", _CHILD, mode, str(path)], check=True, capture_output=True, text=True
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
+def _startup(repeat: int) -> tuple[float, float]:
+    from safeload.policy import Limits
+    from safeload.sandbox import run_in_sandbox
+
+    probe = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        run_in_sandbox("probe", [], limits=Limits())
+        probe.append(time.perf_counter() - t0)
+    bare = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-I", "-c", "pass"], check=True)
+        bare.append(time.perf_counter() - t0)
+    return statistics.median(probe), statistics.median(bare)
+
+
+def _make_checkpoint(path: Path, gib: float) -> int:
+    import torch
+
+    n_tensors = 16
+    per = int(gib * (1 << 30)) // n_tensors // 4
+    state = {f"layer{i}.weight": torch.randn(per) for i in range(n_tensors)}
+    torch.save(state, path)
+    return n_tensors * per * 4
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--gib", type=float, default=1.0)
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+
+    probe, bare = _startup(max(3, args.repeat))
+    print(f"worker start-up (probe task, all layers): {probe * 1000:.0f} ms "
+          f"(bare `python -I -c pass`: {bare * 1000:.0f} ms)")  # fmt: skip
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "checkpoint.pt"
+        size = _make_checkpoint(path, args.gib)
+        print(f"checkpoint: {size / (1 << 30):.2f} GiB of float32 in 16 tensors (torch.save zip)")
+        _run("inprocess", path)  # warm the page cache once so both sides read from memory
+        rows: dict[str, list[dict[str, float]]] = {"inprocess": [], "sandbox": []}
+        for _ in range(args.repeat):
+            for mode in rows:
+                rows[mode].append(_run(mode, path))
+
+    def med(mode: str, key: str) -> float:
+        return statistics.median(r[key] for r in rows[mode])
+
+    gib = float(1 << 30)
+    for mode in rows:
+        line = (f"{mode:>9}: load {med(mode, 'loaded_s'):.3f} s, load+touch "
+                f"{med(mode, 'wall_s'):.3f} s, "
+                f"parent peak RSS {med(mode, 'rss') / gib:.2f} GiB")  # fmt: skip
+        if mode == "sandbox":
+            line += f", worker peak RSS {med(mode, 'worker_rss') / gib:.2f} GiB"
+        print(line)
+    ratio = med("sandbox", "wall_s") / med("inprocess", "wall_s")
+    rss_ratio = med("sandbox", "rss") / med("inprocess", "rss")
+    print(f"sandbox / in-process: wall {ratio:.2f}x (target <= 1.1x), parent peak RSS "
+          f"{rss_ratio:.2f}x")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
