@@ -702,6 +702,15 @@ def test_long_numeric_lines_parse_in_linear_time() -> None:
             run(op + digits + b"x\n.")
 
 
+def test_limit_alloc_counts_fresh_objects() -> None:
+    limited(asm(["EMPTY_LIST"] * 5000, "STOP"), "max_pickle_alloc_bytes", 100_000)
+    limited(
+        asm(["EMPTY_DICT", "MEMOIZE", "POP"] * 5000, "NONE", "STOP"),
+        "max_pickle_alloc_bytes",
+        100_000,
+    )
+
+
 def test_giant_length_is_truncation_not_allocation() -> None:
     data = asm(("RAW", b"\x8e" + (2**63 - 1).to_bytes(8, "little")), "STOP")
     with pytest.raises(FormatError) as ei:
@@ -754,6 +763,27 @@ def test_collect_unsafe_lists_every_global_and_keeps_going() -> None:
     assert all(type(value[k]) is Opaque for k in "abc")
     with pytest.raises(UnsafeModelError):
         run(data)
+
+
+def test_collect_unsafe_continues_past_persistent_ids_built_from_refused_globals() -> None:
+    data = asm(
+        "MARK",
+        ustr("storage"),
+        glob("evil", "Storage"),
+        ustr("0"),
+        ustr("cpu"),
+        ("BININT1", 1),
+        "TUPLE",
+        "BINPERSID",
+        "POP",
+        glob("os", "system"),
+        "POP",
+        "NONE",
+        "STOP",
+    )
+    found: list[str] = []
+    run(data, collect_unsafe=found, persistent_load=storage_pl)
+    assert found == ["evil.Storage", "os.system"]
 
 
 def test_collect_unsafe_non_string_stack_global() -> None:
@@ -818,6 +848,8 @@ def test_user_class_is_built_without_init_or_setstate() -> None:
     with pytest.raises(UnsafeModelError):
         run(data)
     Point.trace.clear()
+    with safe_globals([(Point, "data")]):
+        refused(pickle.dumps(Point, protocol=2), UnsafeModelError, "pickle.globals")
     add_safe_globals([(Point, "a pair of ints, no behaviour at load")])
     assert get_safe_globals()[POINT].reason == "a pair of ints, no behaviour at load"
     got = run(data)

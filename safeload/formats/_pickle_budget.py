@@ -61,6 +61,7 @@ class Budget:
         iterative, so that only matters to recursive code downstream.
         """
         self.items += len(children)
+        self.charge(8 * len(children))  # one reference each
         if self.items > self.limits.max_container_items:
             self.over("max_container_items", "items added to containers")
         if len(parent) > self.limits.max_container_items:  # type: ignore[arg-type]

@@ -39,6 +39,7 @@ from safeload.policy._limits import Limits
 __all__ = ["Opaque", "run_pickle"]
 
 _log = logging.getLogger(__name__)
+_OBJECT_BYTES = 64  # what one new container, memo slot or rebuilt value costs, roughly
 _U16, _I32, _U32, _U64, _F64 = map(struct.Struct, ("<H", "<i", "<I", "<Q", ">d"))
 
 _ENCODINGS = ("ascii", "latin1", "utf-8", "bytes")
@@ -189,6 +190,11 @@ class _Machine:
         return items
 
     # --- containers -------------------------------------------------------------------
+    def new(self, obj: Any) -> Any:
+        """Count a fresh object's memory, so a stream of ``]]]]`` hits the alloc limit."""
+        self.budget.charge(_OBJECT_BYTES)
+        return obj
+
     def tuple_of(self, items: list[Any]) -> tuple[Any, ...]:
         t = tuple(items)
         self.budget.nest(t, t)
@@ -228,8 +234,10 @@ class _Machine:
     def put(self, idx: int) -> None:
         if idx < 0:
             self.bad("negative memo index")
-        if idx not in self.memo and len(self.memo) >= self.limits.max_memo_entries:
-            self.budget.over("max_memo_entries", "memo entries")
+        if idx not in self.memo:
+            if len(self.memo) >= self.limits.max_memo_entries:
+                self.budget.over("max_memo_entries", "memo entries")
+            self.budget.charge(_OBJECT_BYTES)
         self.memo[idx] = self.top()
 
     def get(self, idx: int) -> None:
@@ -264,29 +272,21 @@ class _Machine:
         if type(func) is AllowedGlobal:
             fn = func.newobj if newobj else func.reduce
             if fn is None:
-                self.refuse(
-                    f"{op} of {func.name} is not an allowed construction",
-                    "pickle.reduce",
-                    code="SL103",
-                )
+                self.refuse(f"{op} of {func.name} is not allowed", "pickle.reduce", "SL103")
             if self.collect is not None and any(type(a) is Opaque for a in args):
                 return Opaque(f"{func.name}(...)")
             if func.hashes:  # charge hashing the members before set()/OrderedDict() does
                 for a in args:
                     if type(a) in (list, tuple):
                         self.budget.hashing(a)
-            result = fn(args, self.ctx)
+            result = self.new(fn(args, self.ctx))
             self.spend(0)
             return result
         if type(func) is SafeGlobal:
             obj = instantiate(func, args, self.ctx)
             self.spend(0)
             return obj
-        self.refuse(
-            f"{op} on a {type(func).__name__}, which is not callable here",
-            "pickle.reduce",
-            code="SL103",
-        )
+        self.refuse(f"{op} on a {type(func).__name__} is not allowed", "pickle.reduce", "SL103")
 
     def build(self, obj: Any, state: object) -> None:
         if type(obj) is Opaque:
@@ -314,11 +314,11 @@ class _Machine:
 
     def pers(self, pid: object) -> None:
         if self.persistent_load is None:
-            self.refuse(
-                "persistent id in a pickle that may not have one",
-                "pickle.persistent_id",
-                code="SL104",
-            )
+            self.refuse("unexpected persistent id", "pickle.persistent_id", "SL104")
+        if self.collect is not None and (
+            type(pid) is Opaque or (type(pid) is tuple and any(type(p) is Opaque for p in pid))
+        ):
+            return self.push(Opaque("<persistent id>"))
         try:
             self.push(self.persistent_load(pid))
         except SafeloadError:
@@ -349,7 +349,7 @@ class _Machine:
             handler(self)
         if self.metastack or len(self.stack) != 1:
             self.bad("pickle stack is not a single value at STOP", "pickle.stack")
-        check_result(self.stack[0], self.limits, (AllowedGlobal,))
+        check_result(self.stack[0], self.limits, (AllowedGlobal, SafeGlobal))
         return self.stack[0], self.pos
 
 
@@ -455,10 +455,10 @@ _op(b"V")(lambda m: m.push(m.text(m.line(), "raw_unicode_escape")))
 _op(b"\x97", b"\x98")(lambda m: m.refuse("out-of-band pickle buffers are not supported"))
 
 
-_op(b"]")(lambda m: m.push([]))
+_op(b"]")(lambda m: m.push(m.new([])))
 _op(b")")(lambda m: m.push(()))
-_op(b"}")(lambda m: m.push({}))
-_op(b"\x8f")(lambda m: m.push(set()))
+_op(b"}")(lambda m: m.push(m.new({})))
+_op(b"\x8f")(lambda m: m.push(m.new(set())))
 
 
 @_op(b"a")
@@ -502,7 +502,7 @@ def _tuple_n(m: _Machine) -> None:
 @_op(b"d")
 def _dict(m: _Machine) -> None:
     items = m.pop_mark()
-    m.push({})
+    m.push(m.new({}))
     m.setitems(items)
 
 
@@ -551,7 +551,7 @@ def _mark(m: _Machine) -> None:
     if len(m.metastack) >= m.limits.max_nesting_depth:
         m.budget.over("max_nesting_depth", "MARK nesting")
     m.metastack.append(m.stack)
-    m.stack = []
+    m.stack = m.new([])
 
 
 _op(b"1")(lambda m: m.pop_mark().clear())
@@ -566,11 +566,7 @@ _op(b"\x94")(lambda m: m.put(len(m.memo)))
 
 @_op(b"\x82", b"\x83", b"\x84")
 def _ext(m: _Machine) -> None:
-    m.refuse(
-        "EXT opcodes name globals through the copyreg extension registry",
-        "pickle.opcodes",
-        code="SL102",
-    )
+    m.refuse("EXT opcodes name globals through copyreg's extension registry")
 
 
 def _global_name(m: _Machine, module: object, qualname: object) -> str | None:
