@@ -927,3 +927,13 @@ def test_no_stock_unpickler_is_used(no_torch_load: None, tmp_path: Path) -> None
     data = pickle.dumps({"a": np.arange(3), "b": collections.OrderedDict(x=1)}, protocol=2)
     got = run(data)
     assert got["b"] == {"x": 1}
+
+
+def test_every_pickletools_opcode_has_a_handler() -> None:
+    import pickletools
+
+    from safeload.formats._pickle_vm import _DISPATCH
+
+    codes = {op.code.encode("latin-1")[0] for op in pickletools.opcodes}
+    assert codes <= set(_DISPATCH)
+    assert set(_DISPATCH) <= codes  # and nothing beyond the protocol
