@@ -34,6 +34,7 @@ FUZZ = settings(
     max_examples=400,
     deadline=None,
     derandomize=True,
+    database=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
 
