@@ -321,3 +321,39 @@ def test_worker_refusal_comes_back_as_the_same_error_class(tmp_path: Path) -> No
         run_in_sandbox("safetensors", [bad], limits=LIMITS)
     assert info.value.rule == "sandbox.task"
     assert os.fspath(bad) == info.value.path
+
+
+# --- spare workers ---------------------------------------------------------------------------
+
+
+def test_prewarmed_worker_runs_the_next_job_and_is_replaced(tmp_path: Path) -> None:
+    from safeload.sandbox import _runner, prewarm
+
+    model = tmp_path / "model.bin"
+    model.write_bytes(b"abc")
+    prewarm()
+    try:
+        spare = _runner._spare
+        assert spare is not None and spare.usable()
+        assert attempt("read_own_input", [model]) == {"same": True, "size": 3}
+        assert _runner._spare is not None and _runner._spare is not spare  # a new spare waits
+        # Every layer is still applied to a job that ran in a spare.
+        result = run_in_sandbox("probe", [], limits=LIMITS)
+        assert all(r.applied for r in result.layers if r.available)
+    finally:
+        prewarm(False)
+    assert _runner._spare is None
+
+
+def test_spare_with_another_environment_is_not_used(monkeypatch: pytest.MonkeyPatch) -> None:
+    from safeload.sandbox import _runner, prewarm
+
+    monkeypatch.delenv("SAFELOAD_SANDBOX_TEST_TASKS")
+    prewarm()
+    try:
+        monkeypatch.setenv("SAFELOAD_SANDBOX_TEST_TASKS", str(TASKS_FILE))
+        assert _runner._spare is not None and not _runner._spare.usable()
+        # The job runs in a fresh worker that has the test tasks, not in the stale spare.
+        assert attempt("attempt_signal_self")["blocked"] is False
+    finally:
+        prewarm(False)

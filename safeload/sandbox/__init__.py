@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from safeload.sandbox._doctor import DoctorReport, doctor
 from safeload.sandbox._layers import LAYERS, LayerReport
-from safeload.sandbox._runner import SandboxResult, run_in_sandbox, sandboxed_read
+from safeload.sandbox._runner import SandboxResult, prewarm, run_in_sandbox, sandboxed_read
 
 __all__ = [
     "LAYERS",
@@ -22,6 +22,7 @@ __all__ = [
     "LayerReport",
     "SandboxResult",
     "doctor",
+    "prewarm",
     "run_in_sandbox",
     "sandboxed_read",
 ]

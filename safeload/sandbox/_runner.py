@@ -10,6 +10,7 @@ goes through :func:`safeload.sandbox._transport.decode_result`.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import fcntl
 import json
@@ -18,8 +19,10 @@ import math
 import os
 import select
 import signal
+import socket
 import stat
 import sys
+import threading
 import time
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -33,7 +36,7 @@ from safeload.sandbox import _layers, _transport, _worker
 from safeload.sandbox._layers import LayerReport
 from safeload.sandbox._rlimits import RlimitPlan
 
-__all__ = ["SandboxResult", "run_in_sandbox", "sandboxed_read"]
+__all__ = ["SandboxResult", "prewarm", "run_in_sandbox", "sandboxed_read"]
 
 _log = logging.getLogger(__name__)
 _audit = logging.getLogger("safeload.audit")
@@ -142,36 +145,133 @@ def _closing(fds: list[int]) -> Iterator[list[int]]:
                 os.close(fd)
 
 
-def _spawn(slots: Sequence[int], high: list[int]) -> int:
-    """posix_spawn the worker with ``slots[i]`` as its descriptor ``i`` (and 1 = 2 = log)."""
-    # Move every source above the target range first: dup2(fd, fd) would keep CLOEXEC set.
-    floor = max(64, len(slots) + 8)
-    for fd in slots:
-        high.append(_dup_high(fd, floor))
-    actions: list[tuple[Any, ...]] = [(os.POSIX_SPAWN_DUP2, h, i) for i, h in enumerate(high)]
-    actions.append((os.POSIX_SPAWN_DUP2, high[_worker.FD_LOG], 1))
-    argv = [sys.executable, "-I", "-m", "safeload.sandbox._worker"]
-    return os.posix_spawn(sys.executable, argv, _worker_env(), file_actions=actions, setsid=True)
+class _Worker:
+    """One spawned, fully imported worker waiting on its socket for exactly one job."""
 
+    def __init__(self) -> None:
+        self.env = _worker_env()
+        self.owner = os.getpid()
+        self.pidfd: int | None = None
+        self.sock, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.log_fd: int | None = _memfd("log")
+        self.reply_fd: int | None = _memfd("reply")
+        self.result_fd: int | None = _memfd("result", sealable=True)
+        slots = [child_end.fileno(), self.log_fd, self.log_fd, self.reply_fd, self.result_fd]
+        # Move every source above the target range first: dup2(fd, fd) would keep CLOEXEC set.
+        high = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 64) for fd in slots]
+        try:
+            actions: list[tuple[Any, ...]] = [
+                (os.POSIX_SPAWN_DUP2, h, i) for i, h in enumerate(high)
+            ]
+            actions.append((os.POSIX_SPAWN_DUP2, high[_worker.FD_LOG], 1))
+            argv = [sys.executable, "-I", "-m", "safeload.sandbox._worker"]
+            self.pid = os.posix_spawn(sys.executable, argv, self.env, file_actions=actions,
+                                      setsid=True)  # fmt: skip
+        except OSError as exc:
+            self.close()
+            raise SandboxError("could not start the sandbox worker", rule="sandbox.spawn",
+                               detail=str(exc)) from exc  # fmt: skip
+        finally:
+            for fd in high:
+                os.close(fd)
+            child_end.close()
+        self.pidfd = os.pidfd_open(self.pid)
 
-def _dup_high(fd: int, floor: int) -> int:
-    return fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, floor)
-
-
-def _wait(pid: int, timeout: float) -> tuple[int, Any, bool]:
-    """Wait for the worker until the deadline; kill its whole session after. -> status, rusage."""
-    pidfd = os.pidfd_open(pid)
-    try:
+    def usable(self) -> bool:
+        """Still waiting, in this process, with the environment a fresh one would get."""
+        if self.owner != os.getpid() or self.env != _worker_env() or self.pidfd is None:
+            return False
         poller = select.poll()
-        poller.register(pidfd, select.POLLIN)
+        poller.register(self.pidfd, select.POLLIN)
+        return not poller.poll(0)
+
+    def send(self, request: bytes, fds: Sequence[int]) -> None:
+        if len(request) > _worker.MAX_REQUEST or len(fds) > _worker.MAX_INPUTS:
+            raise SandboxError("sandbox request too large", rule="sandbox.spawn",
+                               detail=f"{len(request)} bytes, {len(fds)} inputs")  # fmt: skip
+        try:
+            socket.send_fds(self.sock, [request], list(fds))
+        except OSError as exc:
+            # A worker that died before its job (a failed import) left a reply saying why;
+            # waiting for it reports that instead of a broken pipe.
+            _log.debug("sandbox worker did not take its job: %s", exc)
+        finally:
+            self.sock.close()
+
+    def wait(self, timeout: float) -> tuple[int, Any, bool]:
+        """Wait until the deadline; then kill the worker's whole session. -> status, rusage."""
+        assert self.pidfd is not None
+        poller = select.poll()
+        poller.register(self.pidfd, select.POLLIN)
         timed_out = not poller.poll(max(0, int(timeout * 1000)))
         if timed_out:
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(pid, signal.SIGKILL)
-        _, status, usage = os.wait4(pid, 0)
-    finally:
-        os.close(pidfd)
-    return status, usage, timed_out
+                os.killpg(self.pid, signal.SIGKILL)
+        _, status, usage = os.wait4(self.pid, 0)
+        return status, usage, timed_out
+
+    def discard(self) -> None:
+        """Let an unused spare go: closing its socket makes it exit on its own."""
+        self.sock.close()
+        if self.owner == os.getpid():
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(self.pid, 0)
+        self.close()
+
+    def close(self) -> None:
+        self.sock.close()
+        for fd in (self.log_fd, self.reply_fd, self.result_fd, self.pidfd):
+            if fd is not None:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self.log_fd = self.reply_fd = self.result_fd = self.pidfd = None
+
+
+_spare: _Worker | None = None
+_spare_lock = threading.Lock()
+_keep_warm = False
+
+
+def prewarm(keep: bool = True) -> None:
+    """Keep one spare worker started and imported, so the next sandboxed job starts at once.
+
+    Opt-in (it is a standing process): after this, every job takes the spare and starts the
+    next one. A spare holds no input and has applied no layer yet; it only waits for a job.
+    ``prewarm(False)`` lets the spare go and stops keeping one.
+    """
+    global _keep_warm, _spare
+    with _spare_lock:
+        _keep_warm = keep
+        if not keep:
+            if _spare is not None:
+                _spare.discard()
+            _spare = None
+            return
+        if _spare is None or not _spare.usable():
+            if _spare is not None:
+                _spare.discard()
+            _spare = _Worker()
+
+
+def _take_worker() -> _Worker:
+    global _spare
+    with _spare_lock:
+        worker, _spare = _spare, None
+        if worker is not None and not worker.usable():
+            worker.discard()
+            worker = None
+        if _keep_warm:
+            _spare = _Worker()
+    return worker or _Worker()
+
+
+@atexit.register
+def _drop_spare() -> None:
+    global _spare
+    with _spare_lock:
+        if _spare is not None:
+            _spare.discard()
+            _spare = None
 
 
 def _raise_for_status(status: int, usage: Any, timed_out: bool, plan: RlimitPlan, log: str) -> None:
@@ -331,37 +431,30 @@ def run_in_sandbox(
         "params": dict(params or {}),
     }
     first = str(paths[0]) if paths else None
-    with _closing(input_fds), _closing([]) as own, _closing([]) as high:
-        req_fd = _memfd("request", json.dumps(request).encode())
-        log_fd = _memfd("log")
-        reply_fd = _memfd("reply")
-        result_fd = _memfd("result", sealable=True)
-        own += [req_fd, log_fd, reply_fd, result_fd]
-        slots = [req_fd, log_fd, log_fd, reply_fd, result_fd, *input_fds]
+    with _closing(input_fds):
+        worker = _take_worker()
         try:
-            pid = _spawn(slots, high)
-        except OSError as exc:
-            raise SandboxError("could not start the sandbox worker", rule="sandbox.spawn",
-                               detail=str(exc)) from exc  # fmt: skip
-        for fd in high:
-            os.close(fd)
-        high.clear()
-        status, usage, timed_out = _wait(pid, timeout)
-        _raise_for_status(status, usage, timed_out, plan, _tail(log_fd))
-        reply = _parse_reply(reply_fd, log_fd)
-        reports = tuple(LayerReport.from_dict(r) for r in reply["layers"])
-        if reply.get("ok") is not True:
-            raise _rebuild_error(reply.get("error"), first)
-        applied = {r.name for r in reports if r.applied}
-        if not required <= applied:  # the worker should have refused already; never trust that
-            raise SandboxError("the worker ran without a required layer",
-                               rule="sandbox.required_layers",
-                               detail=", ".join(sorted(required - applied)))  # fmt: skip
-        _transport.seal(result_fd)
-        value, tensors, meta = _transport.decode_result(
-            result_fd, limits=limits, framework=framework, max_bytes=plan.file_size,
-            inputs=input_fds,
-        )
+            worker.send(json.dumps(request).encode(), input_fds)
+            status, usage, timed_out = worker.wait(timeout)
+            assert worker.log_fd is not None and worker.reply_fd is not None
+            assert worker.result_fd is not None
+            _raise_for_status(status, usage, timed_out, plan, _tail(worker.log_fd))
+            reply = _parse_reply(worker.reply_fd, worker.log_fd)
+            reports = tuple(LayerReport.from_dict(r) for r in reply["layers"])
+            if reply.get("ok") is not True:
+                raise _rebuild_error(reply.get("error"), first)
+            applied = {r.name for r in reports if r.applied}
+            if not required <= applied:  # the worker should have refused already; never trust
+                raise SandboxError("the worker ran without a required layer",
+                                   rule="sandbox.required_layers",
+                                   detail=", ".join(sorted(required - applied)))  # fmt: skip
+            _transport.seal(worker.result_fd)
+            value, tensors, meta = _transport.decode_result(
+                worker.result_fd, limits=limits, framework=framework, max_bytes=plan.file_size,
+                inputs=input_fds,
+            )
+        finally:
+            worker.close()
     return SandboxResult(
         value=value,
         tensors=tensors,

@@ -5,7 +5,8 @@ A new interpreter (spawn-style, not fork) inherits nothing from the caller but f
 ====  ==========================================================================
 fd    use
 ====  ==========================================================================
-0     request (a memfd holding JSON: task name, inputs, limits, layers)
+0     a unix socket: one request (JSON: task, inputs, limits, layers) with the input
+      descriptors attached (SCM_RIGHTS); a spare worker waits here, fully imported
 1, 2  log (a memfd; the parent shows its tail when something goes wrong)
 3     reply (a memfd: JSON with the layer reports and either ``ok`` or an error)
 4     result (a memfd: safetensors bytes, see :mod:`safeload.sandbox._transport`)
@@ -26,12 +27,14 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import fcntl
 import importlib
 import importlib.util
 import json
 import mmap
 import os
 import pkgutil
+import socket
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -64,7 +67,8 @@ FD_RESULT = 4
 FIRST_INPUT_FD = 5
 TEST_TASKS_ENV = "SAFELOAD_SANDBOX_TEST_TASKS"
 PROTOCOL_VERSION = 1
-MAX_REQUEST = 1 << 20
+MAX_REQUEST = 1 << 16
+MAX_INPUTS = 256
 
 
 @dataclass
@@ -207,11 +211,26 @@ def _preload() -> None:
 
 
 def _read_request() -> dict[str, Any]:
-    os.lseek(FD_REQUEST, 0, os.SEEK_SET)
-    raw = os.read(FD_REQUEST, MAX_REQUEST)
+    """Wait for the one request, and the input descriptors with it (SCM_RIGHTS)."""
+    with socket.socket(fileno=FD_REQUEST) as sock:
+        raw, fds, _flags, _addr = socket.recv_fds(sock, MAX_REQUEST, MAX_INPUTS)
+    if not raw:  # the parent let a spare worker go without a job
+        os._exit(0)
     request = json.loads(raw)
-    if not isinstance(request, dict) or request.get("version") != PROTOCOL_VERSION:
+    if (
+        not isinstance(request, dict)
+        or request.get("version") != PROTOCOL_VERSION
+        or len(fds) != len(request.get("inputs", ()))
+    ):
         raise SandboxError("bad request from parent", rule="sandbox.protocol")
+    # Park the inputs at fixed numbers (via high numbers, so no move clobbers another).
+    high = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 1024) for fd in fds]
+    for fd in fds:
+        os.close(fd)
+    for i, fd in enumerate(high):
+        os.dup2(fd, FIRST_INPUT_FD + i)
+        os.close(fd)
+    os.closerange(FIRST_INPUT_FD + len(fds), 1 << 16)
     return request
 
 
@@ -245,7 +264,6 @@ def _run(request: dict[str, Any], reports: list[_layers.LayerReport]) -> dict[st
     layer("rlimits", lambda: _layers.apply_rlimits(plan, required))
     layer("no_new_privs", lambda: _layers.apply_no_new_privs(required))
     layer("namespaces", lambda: _layers.apply_namespaces(required))
-    _preload()
     task = TASKS.get(request["task"])
     if task is None:
         raise SandboxError(f"unknown sandbox task {request['task']!r}", rule="sandbox.task")
@@ -263,8 +281,8 @@ def _run(request: dict[str, Any], reports: list[_layers.LayerReport]) -> dict[st
 def main() -> None:
     reports: list[_layers.LayerReport] = []
     try:
+        _preload()  # before the request: a spare worker is ready when the job arrives
         request = _read_request()
-        os.closerange(FIRST_INPUT_FD + len(request["inputs"]), 1 << 16)
         reply = _run(request, reports)
     except SafeloadError as exc:
         reply = {"ok": False, "error": _error_dict(exc)}
