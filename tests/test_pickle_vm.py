@@ -180,6 +180,47 @@ def test_numpy_object_arrays_are_refused() -> None:
     assert ei.value.rule == "pickle.numpy_dtype"
 
 
+def _py2_numpy_array() -> bytes:
+    """What Python 2's numpy wrote for ``np.array([1, 2, 255], dtype='u1')``: py2 str data."""
+    return asm(
+        ("PROTO", 2),
+        glob("numpy.core.multiarray", "_reconstruct"),
+        glob("numpy", "ndarray"),
+        ("BININT1", 0),
+        "TUPLE1",
+        ("SHORT_BINSTRING", b"b"),
+        "TUPLE3",
+        "REDUCE",
+        "MARK",
+        ("BININT1", 1),
+        ("BININT1", 3),
+        "TUPLE1",
+        call(glob("numpy", "dtype"), ("SHORT_BINSTRING", b"u1"), "NEWFALSE", "NEWTRUE"),
+        "MARK",
+        ("BININT1", 3),
+        ("SHORT_BINSTRING", b"|"),
+        "NONE",
+        "NONE",
+        "NONE",
+        ("BININT", -1),
+        ("BININT", -1),
+        ("BININT1", 0),
+        "TUPLE",
+        "BUILD",
+        "NEWFALSE",
+        ("SHORT_BINSTRING", b"\x01\x02\xff"),
+        "TUPLE",
+        "BUILD",
+        "STOP",
+    )
+
+
+@pytest.mark.parametrize("encoding", ["latin1", "bytes"])
+def test_python2_numpy_arrays(encoding: str) -> None:
+    got = run(_py2_numpy_array(), encoding=encoding)
+    np.testing.assert_array_equal(got, np.array([1, 2, 255], dtype=np.uint8))
+
+
 def test_numpy_scalar_and_dtype() -> None:
     got = run(pickle.dumps([np.float64(2.5), np.dtype("<u2")], protocol=2))
     assert got[0] == 2.5 and isinstance(got[0], np.floating)
@@ -784,6 +825,27 @@ def test_collect_unsafe_continues_past_persistent_ids_built_from_refused_globals
     found: list[str] = []
     run(data, collect_unsafe=found, persistent_load=storage_pl)
     assert found == ["evil.Storage", "os.system"]
+
+
+def test_collect_unsafe_goes_on_past_refused_reconstructions() -> None:
+    bad_tensor = call(glob("torch._utils", "_rebuild_tensor_v2"), "NONE")
+    data = asm(
+        bad_tensor,
+        "POP",
+        "EMPTY_DICT",
+        "EMPTY_DICT",
+        "BUILD",
+        "POP",
+        glob("os", "system"),
+        "POP",
+        "NONE",
+        "STOP",
+    )
+    found: list[str] = []
+    assert run(data, collect_unsafe=found) is None
+    assert found == ["os.system"]
+    with pytest.raises(FormatError):
+        run(data)
 
 
 def test_collect_unsafe_non_string_stack_global() -> None:

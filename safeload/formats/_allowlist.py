@@ -505,6 +505,8 @@ def _np_dtype(args: tuple[object, ...], ctx: Ctx) -> object:
 
     a = _args(args, "numpy.dtype", 1, 3)
     code = a[0]
+    if type(code) is bytes:  # Python 2 pickles read with encoding="bytes"
+        code = code.decode("ascii", "replace")
     if type(code) is not str or not _NP_CODE.fullmatch(code):
         raise UnsafeModelError(
             f"numpy dtype {code!r} is not an allowlisted plain numeric or string type",
@@ -523,6 +525,9 @@ def _build_np_dtype(dt: Any, state: object, ctx: Ctx) -> None:
     if type(state) is not tuple or len(state) not in (8, 9):
         raise _bad("BUILD on numpy.dtype", "unexpected state shape")
     ver, order, sub, names, fields, elsize, align, flags = state[:8]
+    if type(order) is bytes:  # Python 2 pickles read with encoding="bytes"
+        order = order.decode("latin-1")
+        state = (ver, order, *state[2:])
     ok = (
         ver in (3, 4)
         and type(ver) is int
@@ -581,6 +586,8 @@ def _build_ndarray(arr: Any, state: object, ctx: Ctx) -> None:
         raise _bad("BUILD on numpy.ndarray", "unexpected state shape")
     ver, shape, dt, fortran, raw = state
     dt = _plain_np_dtype(dt, "numpy.ndarray")
+    if type(raw) is str:  # Python 2 pickles read with encoding="latin1", as numpy does
+        raw = raw.encode("latin-1")
     if (
         ver != 1
         or type(ver) is not int

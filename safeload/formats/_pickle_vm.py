@@ -279,14 +279,22 @@ class _Machine:
                 for a in args:
                     if type(a) in (list, tuple):
                         self.budget.hashing(a)
-            result = self.new(fn(args, self.ctx))
-            self.spend(0)
-            return result
+            return self.review(func.name, lambda: self.new(fn(args, self.ctx)))
         if type(func) is SafeGlobal:
-            obj = instantiate(func, args, self.ctx)
-            self.spend(0)
-            return obj
+            return self.review(func.name, lambda: instantiate(func, args, self.ctx))
         self.refuse(f"{op} on a {type(func).__name__} is not allowed", "pickle.reduce", "SL103")
+
+    def review(self, name: str, make: Callable[[], object]) -> object:
+        """Run one reconstruction. In review mode a refusal becomes an :class:`Opaque` and
+        reading goes on, so every global gets listed; limits still stop it."""
+        try:
+            out = make()
+        except (FormatError, UnsafeModelError):
+            if self.collect is None:
+                raise
+            out = Opaque(f"{name}(...)")
+        self.spend(0)
+        return out
 
     def build(self, obj: Any, state: object) -> None:
         if type(obj) is Opaque:
@@ -306,7 +314,6 @@ class _Machine:
                 code="SL103",
                 detail="only allowlisted reconstructions accept state, once",
             )
-        self.spend(0)
 
     def spend(self, n: int) -> None:
         self.budget.spend(n + self.ctx.work)
@@ -636,7 +643,8 @@ def _obj(m: _Machine) -> None:
 @_op(b"b")
 def _build(m: _Machine) -> None:
     state = m.pop()
-    m.build(m.top(), state)
+    obj = m.top()
+    m.review("BUILD", lambda: m.build(obj, state))
 
 
 _op(b"P")(lambda m: m.pers(m.text(m.line(), "ascii")))
