@@ -345,3 +345,24 @@ def test_analyze_lists_globals_and_tensors_without_materialising(protocol: int) 
     assert (row.name, row.dtype, row.shape, row.nbytes) == ("w", "float32", (2, 3), 24)
     assert row.offset is not None
     assert data[row.offset : row.offset + 24] == torch.ones(2, 3).numpy().tobytes()
+
+
+def test_crc_computed_while_reading_still_refuses_a_flipped_byte(tmp_path: Any) -> None:
+    """Files over the pipelining threshold get their CRCs during the read; a bad byte in a
+    storage must still be refused, and a good file must load with no second CRC pass needed."""
+    import safeload
+
+    tensors = {f"w{i}": torch.full((1024, 1024), float(i)) for i in range(6)}  # ~24 MiB
+    path = tmp_path / "big.pt"
+    torch.save(tensors, path)
+    out = safeload.load(path)
+    assert all(torch.equal(out[k], tensors[k]) for k in tensors)
+    data = bytearray(path.read_bytes())
+    info = safeload.inspect(path)
+    row = next(t for t in info.tensors if t.name == "w3")
+    assert row.offset is not None
+    data[row.offset + 12345] ^= 0x01
+    path.write_bytes(bytes(data))
+    with pytest.raises(FormatError) as err:
+        safeload.load(path)
+    assert err.value.rule == "zip.crc"

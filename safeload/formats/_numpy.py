@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import math
 import struct
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -122,10 +123,14 @@ def read_npy(data: memoryview, *, limits: Limits, name: str = "") -> np.ndarray[
 
 
 def npz_members(
-    data: memoryview, *, limits: Limits, name: str = ""
+    data: memoryview,
+    *,
+    limits: Limits,
+    name: str = "",
+    known_crcs: Mapping[tuple[int, int], int] | None = None,
 ) -> tuple[ZipArchive, list[str]]:
     """The validated archive and its member names (each must be ``<key>.npy``)."""
-    archive = ZipArchive(data, limits=limits, name=name)
+    archive = ZipArchive(data, limits=limits, name=name, known_crcs=known_crcs)
     names = archive.names()
     for member in names:
         if not member.endswith(".npy"):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import io
 import logging
 import pickletools  # opcode decoder only: lists names, never resolves them
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -26,6 +26,7 @@ from safeload.formats._safetensors import parse_safetensors
 from safeload.formats._safetensors import storages as st_storages
 from safeload.formats._torch_legacy import parse_torch_legacy
 from safeload.formats._torch_zip import TorchParse, parse_torch_zip
+from safeload.formats._zip import ZipArchive
 from safeload.policy import Limits
 
 __all__ = ["Analysis", "ReadResult", "TensorInfo", "analyze", "read", "unsafe_globals"]
@@ -93,6 +94,8 @@ class _Parsed:
     offsets: dict[str, int]
     wrappers: tuple[str, ...]
     offsets_known: bool
+    archive: ZipArchive | None = None
+    """The validated archive of an ``.npz`` (built once, CRCs checked once)."""
 
 
 def _runner(
@@ -183,6 +186,7 @@ def _parse(
     limits: Limits,
     collect: list[str] | None = None,
     segments: list[bytes] | None = None,
+    known_crcs: Mapping[tuple[int, int], int] | None = None,
 ) -> _Parsed:
     """Detect, unwrap and run the container + pickle checks; tensors stay placeholders."""
     if len(data) > limits.max_file_bytes:
@@ -197,8 +201,9 @@ def _parse(
     _refuse_unsupported(det, name)
     run = _runner(limits, collect, segments)
     known = not wrappers
+    crcs = known_crcs if known else None  # CRC hints describe the file, not unwrapped bytes
     if fmt is Format.TORCH_ZIP:
-        tp: TorchParse = parse_torch_zip(inner, limits=limits, name=name, run=run)
+        tp: TorchParse = parse_torch_zip(inner, limits=limits, name=name, run=run, known_crcs=crcs)
         return _Parsed(fmt, tp.value, tp.storages, tp.offsets, wrappers, known)
     if fmt is Format.TORCH_LEGACY:
         tp = parse_torch_legacy(inner, limits=limits, name=name, run=run)
@@ -220,7 +225,8 @@ def _parse(
     if fmt is Format.NUMPY:
         return _Parsed(fmt, inner, {}, {}, wrappers, known)
     if fmt is Format.NPZ:
-        return _Parsed(fmt, inner, {}, {}, wrappers, known)
+        archive, _ = npz_members(inner, limits=limits, name=name, known_crcs=crcs)
+        return _Parsed(fmt, inner, {}, {}, wrappers, known, archive)
     raise UnsupportedFormatError(  # pragma: no cover - every Format is handled above
         f"{fmt.value} files are not read", path=name or None, rule="formats.supported"
     )
@@ -262,7 +268,9 @@ def _numpy_table(
         h = parse_npy(parsed.value, limits=limits, name=name)
         off = h.data_offset if parsed.offsets_known else None
         return (TensorInfo("", h.dtype.str, h.shape, h.nbytes, off),)
-    archive, names = npz_members(parsed.value, limits=limits, name=name)
+    archive = parsed.archive
+    assert archive is not None
+    names = archive.names()
     rows = []
     for member in names:
         m = archive.members[member]
@@ -297,6 +305,7 @@ def read(
     name: str = "",
     limits: Limits | None = None,
     framework: Framework = "torch",
+    known_crcs: Mapping[tuple[int, int], int] | None = None,
 ) -> ReadResult:
     """Read a file into plain values with tensors (torch) or arrays (numpy) over its buffer.
 
@@ -304,20 +313,23 @@ def read(
     give the requested framework's tensors. Tensors share memory with ``data`` when it is
     writable; a read-only buffer is copied once per storage for torch (``torch.frombuffer``
     needs writable memory) and used as-is for NumPy (arrays are then read-only).
+    ``known_crcs`` are CRC-32s of ``(offset, size)`` ranges of ``data`` computed while it was
+    filled (see ``_zip.StreamingCrc``); zip members whose exact range matches skip a second pass.
     """
     if framework not in ("torch", "numpy"):
         raise SafeloadError(f"unknown framework {framework!r}", rule="formats.framework")
     limits = limits or Limits()
-    parsed = _parse(data, name=name, limits=limits)
+    parsed = _parse(data, name=name, limits=limits, known_crcs=known_crcs)
     if parsed.format in (Format.NUMPY, Format.NPZ):
         table = _numpy_table(parsed, limits, name, check_data=False)
         if parsed.format is Format.NUMPY:
             value: Any = read_npy(parsed.value, limits=limits, name=name)
         else:
-            archive, names = npz_members(parsed.value, limits=limits, name=name)
+            archive = parsed.archive
+            assert archive is not None
             value = {
                 m[: -len(".npy")]: read_npy(archive.read(m), limits=limits, name=f"{name}:{m}")
-                for m in names
+                for m in archive.names()
             }
         return ReadResult(parsed.format, value, table, parsed.wrappers)
     table = _table(parsed, limits, name)

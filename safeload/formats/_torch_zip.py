@@ -10,7 +10,7 @@ slices of the file buffer; the result is a value tree with :class:`TensorSpec` p
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from safeload.errors import FormatError, UnsupportedFormatError
@@ -86,11 +86,16 @@ class TorchParse:
 
 
 def parse_torch_zip(
-    data: memoryview, *, limits: Limits, name: str, run: PickleRunner
+    data: memoryview,
+    *,
+    limits: Limits,
+    name: str,
+    run: PickleRunner,
+    known_crcs: Mapping[tuple[int, int], int] | None = None,
 ) -> TorchParse:
     """Validate the archive and run ``data.pkl``; storages are returned, not materialised."""
     path = name or None
-    archive = ZipArchive(data, limits=limits, name=name)
+    archive = ZipArchive(data, limits=limits, name=name, known_crcs=known_crcs)
     root = _root(archive, path)
     order = f"{root}/byteorder"
     if order in archive.members:
@@ -102,7 +107,7 @@ def parse_torch_zip(
                 rule="torch.byteorder",
                 detail="only little-endian checkpoints are read",
             )
-    storages: dict[str, memoryview] = {}
+    records: dict[str, str] = {}
     offsets: dict[str, int] = {}
 
     def persistent_load(pid: object) -> object:
@@ -120,8 +125,8 @@ def parse_torch_zip(
                 path=path,
                 rule="torch.storage_size",
             )
-        if key not in storages:
-            storages[key] = archive.read(record)
+        if key not in records:
+            records[key] = record
             offsets[key] = member.data_offset if member.method == 0 else -1
         return StorageRef(key, dtype, numel, location)
 
@@ -131,4 +136,6 @@ def parse_torch_zip(
         raise FormatError(
             "bytes after the end of data.pkl", path=path, rule="torch.trailing_data", offset=end
         )
+    data_by_record = archive.read_many(list(records.values()))  # CRC-checks every storage
+    storages = {key: data_by_record[record] for key, record in records.items()}
     return TorchParse(value, storages, offsets)

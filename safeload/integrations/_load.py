@@ -14,12 +14,14 @@ import logging
 import mmap as _mmap
 import os
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import IO, Any, Literal
 
 from safeload.errors import SourceError, UsageError
 from safeload.formats._detect import Format
 from safeload.formats._read import ReadResult, TensorInfo, analyze, read, unsafe_globals
+from safeload.formats._zip import StreamingCrc, central_entries
 from safeload.policy import Limits, Policy
 
 __all__ = ["ModelInfo", "get_unsafe_globals", "inspect", "load"]
@@ -28,6 +30,8 @@ logger = logging.getLogger("safeload")
 
 _FORCE_ENV = "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"
 _CPU_NAMES = frozenset({"cpu"})
+_PIPELINE_MIN = 16 << 20
+_CHUNK = 8 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,38 +62,80 @@ def _name_of(f: object) -> str:
     return str(path) if isinstance(path, (str, os.PathLike)) else ""
 
 
-def _read_fd(fd: int, *, use_mmap: bool, name: str, limits: Limits) -> memoryview:
+def _read_fd(
+    fd: int, *, use_mmap: bool, name: str, limits: Limits
+) -> tuple[memoryview, dict[tuple[int, int], int]]:
+    """The file's bytes in private memory, plus CRC-32s of its zip members' data if it is a zip.
+
+    The read goes in chunks while one worker thread folds each finished chunk into the CRCs
+    of the stored zip members it covers (the central directory is read first, from the end of
+    the file), so the CRC check costs almost nothing on top of the read itself.
+    """
     size = os.fstat(fd).st_size
     if size > limits.max_file_bytes:
         from safeload.errors import LimitExceededError
 
         raise LimitExceededError(f"file is {size} bytes", path=name, rule="limits.max_file_bytes")
     if size == 0:
-        return memoryview(bytearray())
+        return memoryview(bytearray()), {}
     if use_mmap:
         # MAP_PRIVATE + PROT_WRITE: copy-on-write pages, so tensors can be writable views
         # without the file (or anyone else's mapping of it) ever changing.
         mm = _mmap.mmap(fd, size, flags=_mmap.MAP_PRIVATE, prot=_mmap.PROT_READ | _mmap.PROT_WRITE)
-        return memoryview(mm)
-    buf = bytearray(size)
+        return memoryview(mm), {}
+    # Private anonymous pages that the one read fills. MAP_POPULATE has the kernel map them all
+    # in one go instead of taking a page fault per 4 KiB during the copy, which is most of the
+    # cost of reading a large file that is already in the page cache.
+    buf = _mmap.mmap(
+        -1,
+        size,
+        flags=_mmap.MAP_PRIVATE | _mmap.MAP_ANONYMOUS | getattr(_mmap, "MAP_POPULATE", 0),
+        prot=_mmap.PROT_READ | _mmap.PROT_WRITE,
+    )
     view = memoryview(buf)
-    got = 0
-    while got < size:
-        n = os.readv(fd, [view[got:]])
+    entries = (
+        central_entries(lambda off, n: os.pread(fd, n, off), size) if size >= _PIPELINE_MIN else []
+    )
+    if not entries:
+        _fill(fd, view, 0, size, name)
+        return view, {}
+    crc = StreamingCrc(view, entries)
+    with ThreadPoolExecutor(max_workers=1) as worker:
+        pending = []
+        for start in range(0, size, _CHUNK):
+            end = min(size, start + _CHUNK)
+            _fill(fd, view, start, end, name)
+            pending.append(worker.submit(crc.feed, end))
+        for job in pending:
+            job.result()
+    return view, crc.result()
+
+
+def _fill(fd: int, view: memoryview, start: int, end: int, name: str) -> None:
+    got = start
+    while got < end:
+        n = os.preadv(fd, [view[got:end]], got)
         if n == 0:
             raise SourceError("file shrank while being read", path=name, rule="source.read")
         got += n
-    return view
 
 
 def _buffer_of(f: object, *, use_mmap: bool, limits: Limits) -> tuple[memoryview, str]:
     """One private buffer holding the file's bytes, and a name for messages."""
+    view, name, _ = _bytes_of(f, use_mmap=use_mmap, limits=limits)
+    return view, name
+
+
+def _bytes_of(
+    f: object, *, use_mmap: bool, limits: Limits
+) -> tuple[memoryview, str, dict[tuple[int, int], int]]:
     name = _name_of(f)
     buffer_fn = getattr(f, "buffer", None)
     if buffer_fn is not None and callable(buffer_fn):
-        return memoryview(buffer_fn()).cast("B"), name  # a VerifiedFile: exactly the hashed bytes
+        # A VerifiedFile: exactly the hashed bytes.
+        return memoryview(buffer_fn()).cast("B"), name, {}
     if isinstance(f, (bytes, bytearray, memoryview)):
-        return memoryview(f).cast("B"), name
+        return memoryview(f).cast("B"), name, {}
     if isinstance(f, (str, os.PathLike)):
         try:
             fd = os.open(f, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
@@ -98,17 +144,19 @@ def _buffer_of(f: object, *, use_mmap: bool, limits: Limits) -> tuple[memoryview
                 f"cannot open {name}", path=name, rule="source.open", detail=str(exc)
             ) from None
         try:
-            return _read_fd(fd, use_mmap=use_mmap, name=name, limits=limits), name
+            view, crcs = _read_fd(fd, use_mmap=use_mmap, name=name, limits=limits)
+            return view, name, crcs
         finally:
             os.close(fd)
     if hasattr(f, "read"):
         fileobj: IO[bytes] = f  # type: ignore[assignment]
         if use_mmap and hasattr(fileobj, "fileno"):
-            return _read_fd(fileobj.fileno(), use_mmap=True, name=name, limits=limits), name
+            view, crcs = _read_fd(fileobj.fileno(), use_mmap=True, name=name, limits=limits)
+            return view, name, crcs
         data = fileobj.read()
         if not isinstance(data, (bytes, bytearray)):
             raise UsageError("file object must be opened in binary mode", rule="load.file")
-        return memoryview(bytearray(data)), name
+        return memoryview(bytearray(data)), name, {}
     raise UsageError(
         f"cannot load from {type(f).__name__}",
         rule="load.file",
@@ -232,8 +280,8 @@ def load(
 
     gate = policy_gate(policy, limits, source=f, registered_globals=get_safe_globals())
     limits = gate.limits
-    data, name = _buffer_of(f, use_mmap=bool(mmap), limits=limits)
-    result = _read_buffer(data, name=name, limits=limits, framework=framework)
+    data, name, crcs = _bytes_of(f, use_mmap=bool(mmap), limits=limits)
+    result = _read_buffer(data, name=name, limits=limits, framework=framework, known_crcs=crcs)
     if gate.configured:
         shapes = [t.shape for t in result.tensors]
         gate.check(data, name=name, fmt=result.format.value, shapes=shapes)
@@ -244,13 +292,18 @@ def load(
 
 
 def _read_buffer(
-    data: memoryview, *, name: str, limits: Limits, framework: Literal["torch", "numpy"]
+    data: memoryview,
+    *,
+    name: str,
+    limits: Limits,
+    framework: Literal["torch", "numpy"],
+    known_crcs: Mapping[tuple[int, int], int] | None = None,
 ) -> ReadResult:
     """The one place where the file's bytes, its format and its tensor table are all known.
 
     Policy decisions and audit events hook in here (after reading, before returning).
     """
-    result = read(data, name=name, limits=limits, framework=framework)
+    result = read(data, name=name, limits=limits, framework=framework, known_crcs=known_crcs)
     logger.debug(
         "loaded %s: %s, %d tensors, %d bytes",
         name or "<buffer>",
