@@ -752,6 +752,44 @@ def test_limit_alloc_counts_fresh_objects() -> None:
     )
 
 
+def test_limit_reconstructions_that_copy_memoised_inputs() -> None:
+    """One charged input, many copies: each reconstruction's output is charged again."""
+    big_str = [ustr("x" * 200), ("BINPUT", 0), "POP"]
+    encode = call(glob("_codecs", "encode"), ("BINGET", 0), ustr("latin1"))
+    limited(
+        asm(*big_str, "MARK", *[encode] * 100, "TUPLE", "STOP"), "max_pickle_alloc_bytes", 10_000
+    )
+    big_list = ["MARK", *[("BININT1", i) for i in range(100)], "LIST", ("BINPUT", 0), "POP"]
+    to_set = call(glob("builtins", "set"), ("BINGET", 0))
+    limited(asm(*big_list, "MARK", *[to_set] * 100, "TUPLE", "STOP"), "max_container_items", 5_000)
+    raw = [("SHORT_BINBYTES", b"\0" * 200), ("BINPUT", 0), "POP"]
+    array = [
+        glob("numpy", "ndarray"),
+        ("BINPUT", 1),
+        "POP",
+        call(glob("numpy", "dtype"), ustr("u1"), "NEWFALSE", "NEWTRUE"),
+        ("BINPUT", 2),
+        "POP",
+        call(
+            glob("numpy.core.multiarray", "_reconstruct"),
+            ("BINGET", 1),
+            ["MARK", ("BININT1", 0), "TUPLE"],
+            ("SHORT_BINBYTES", b"b"),
+        ),
+        "MARK",
+        ("BININT1", 1),
+        ["MARK", ("BININT1", 200), "TUPLE"],
+        ("BINGET", 2),
+        "NEWFALSE",
+        ("BINGET", 0),
+        "TUPLE",
+        "BUILD",
+    ]
+    one = asm(*raw, *array, "STOP")
+    assert run(one).nbytes == 200
+    limited(asm(*raw, "MARK", *[array] * 60, "TUPLE", "STOP"), "max_pickle_alloc_bytes", 10_000)
+
+
 def test_giant_length_is_truncation_not_allocation() -> None:
     data = asm(("RAW", b"\x8e" + (2**63 - 1).to_bytes(8, "little")), "STOP")
     with pytest.raises(FormatError) as ei:

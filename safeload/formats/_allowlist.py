@@ -17,7 +17,7 @@ from __future__ import annotations
 import collections
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from safeload.errors import FormatError, LimitExceededError, UnsafeModelError
@@ -49,7 +49,7 @@ Builder = Callable[[Any, object, "Ctx"], None]
 class Ctx:
     """What reconstructions may use: the limits, and the one-shot BUILD registry of the VM."""
 
-    __slots__ = ("limits", "pending", "user_types", "work")
+    __slots__ = ("alloc", "limits", "pending", "user_types", "work")
 
     def __init__(self, limits: Limits, user_types: frozenset[type]) -> None:
         self.limits = limits
@@ -58,6 +58,8 @@ class Ctx:
         self.user_types = user_types
         self.work = 0
         """Extra steps spent walking values; the VM charges them to ``max_pickle_opcodes``."""
+        self.alloc = 0
+        """Bytes a reconstruction copied; the VM charges them to ``max_pickle_alloc_bytes``."""
 
     def expect_build(self, obj: object, builder: Builder) -> None:
         self.pending[id(obj)] = (obj, builder)
@@ -81,7 +83,6 @@ class AllowedGlobal:
     hashes: bool = False
     """The reconstruction hashes the items of its arguments (sets, dict keys): the VM charges
     their hashing cost first."""
-    extra: Mapping[str, object] = field(default_factory=dict)
 
 
 def _bad(what: str, detail: str | None = None) -> FormatError:
@@ -596,6 +597,7 @@ def _build_ndarray(arr: Any, state: object, ctx: Ctx) -> None:
     ):
         raise _bad("BUILD on numpy.ndarray", "raw data must be bytes (no object arrays)")
     shape = _np_shape(shape, "numpy.ndarray", dt.itemsize, len(raw), ctx.limits)
+    ctx.alloc += len(raw)  # the same memoised bytes may fill many arrays: count each
     arr.__setstate__((ver, shape, dt, fortran, raw))
 
 

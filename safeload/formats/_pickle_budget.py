@@ -16,11 +16,14 @@ from typing import Any, NoReturn
 from safeload.errors import LimitExceededError, UnsafeModelError
 from safeload.policy._limits import Limits
 
-__all__ = ["Budget", "check_result"]
+__all__ = ["OBJECT_BYTES", "Budget", "check_result"]
 
 _SCALAR_TYPES = (type(None), bool, int, float, str, bytes)
 _HASHED_CONTAINERS = (tuple, frozenset)
 _WALKED = (list, tuple, dict, set, frozenset, collections.OrderedDict)
+_COUNTED = _WALKED
+OBJECT_BYTES = 64
+"""What one new container, memo slot or rebuilt value costs, roughly, in the alloc budget."""
 
 
 class Budget:
@@ -52,6 +55,22 @@ class Budget:
         self.alloc += n
         if self.alloc > self.limits.max_pickle_alloc_bytes:
             self.over("max_pickle_alloc_bytes", "string and bytes data")
+
+    def account(self, value: Any) -> Any:
+        """Charge what a reconstruction returned: called again on the same memoised input,
+        ``set(big_list)`` or ``_codecs.encode(big_str)`` would otherwise copy for free."""
+        self.charge(OBJECT_BYTES)
+        t = type(value)
+        if t in (bytes, bytearray, str):
+            self.charge(len(value))
+        elif t in _COUNTED:
+            self.items += len(value)
+            self.charge(8 * len(value))
+            if self.items > self.limits.max_container_items:
+                self.over("max_container_items", "items added to containers")
+        elif hasattr(value, "nbytes") and type(value).__module__ == "numpy":
+            self.charge(int(value.nbytes))
+        return value
 
     def nest(self, parent: object, children: list[Any] | tuple[Any, ...]) -> None:
         """Account items added to ``parent``; track nesting for containers of containers.

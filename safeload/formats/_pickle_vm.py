@@ -31,7 +31,7 @@ from safeload.errors import (
     UsageError,
 )
 from safeload.formats._allowlist import ALLOWLIST, AllowedGlobal, Ctx, build_tensor_spec
-from safeload.formats._pickle_budget import Budget, check_result
+from safeload.formats._pickle_budget import OBJECT_BYTES, Budget, check_result
 from safeload.formats._safe_globals import SafeGlobal, build_instance, get_safe_globals, instantiate
 from safeload.formats._types import TensorSpec
 from safeload.policy._limits import Limits
@@ -39,7 +39,6 @@ from safeload.policy._limits import Limits
 __all__ = ["Opaque", "run_pickle"]
 
 _log = logging.getLogger(__name__)
-_OBJECT_BYTES = 64  # what one new container, memo slot or rebuilt value costs, roughly
 _U16, _I32, _U32, _U64, _F64 = map(struct.Struct, ("<H", "<i", "<I", "<Q", ">d"))
 
 _ENCODINGS = ("ascii", "latin1", "utf-8", "bytes")
@@ -192,7 +191,7 @@ class _Machine:
     # --- containers -------------------------------------------------------------------
     def new(self, obj: Any) -> Any:
         """Count a fresh object's memory, so a stream of ``]]]]`` hits the alloc limit."""
-        self.budget.charge(_OBJECT_BYTES)
+        self.budget.charge(OBJECT_BYTES)
         return obj
 
     def tuple_of(self, items: list[Any]) -> tuple[Any, ...]:
@@ -237,7 +236,7 @@ class _Machine:
         if idx not in self.memo:
             if len(self.memo) >= self.limits.max_memo_entries:
                 self.budget.over("max_memo_entries", "memo entries")
-            self.budget.charge(_OBJECT_BYTES)
+            self.budget.charge(OBJECT_BYTES)
         self.memo[idx] = self.top()
 
     def get(self, idx: int) -> None:
@@ -279,7 +278,7 @@ class _Machine:
                 for a in args:
                     if type(a) in (list, tuple):
                         self.budget.hashing(a)
-            return self.review(func.name, lambda: self.new(fn(args, self.ctx)))
+            return self.review(func.name, lambda: self.budget.account(fn(args, self.ctx)))
         if type(func) is SafeGlobal:
             return self.review(func.name, lambda: instantiate(func, args, self.ctx))
         self.refuse(f"{op} on a {type(func).__name__} is not allowed", "pickle.reduce", "SL103")
@@ -317,7 +316,8 @@ class _Machine:
 
     def spend(self, n: int) -> None:
         self.budget.spend(n + self.ctx.work)
-        self.ctx.work = 0
+        self.budget.charge(self.ctx.alloc)
+        self.ctx.work = self.ctx.alloc = 0
 
     def pers(self, pid: object) -> None:
         if self.persistent_load is None:
