@@ -78,7 +78,9 @@ def parse_npy(data: memoryview, *, limits: Limits, name: str = "") -> NpyHeader:
             raise UnsupportedFormatError(
                 ".npy format version 3.0 is not supported", path=path, rule="numpy.version"
             )
-    except (ValueError, SyntaxError, TypeError) as exc:
+    except UnsupportedFormatError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - numpy's header parser raises many types; fail closed
         raise FormatError(
             "malformed .npy header", path=path, rule="numpy.header", detail=str(exc)
         ) from None

@@ -16,7 +16,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from safeload.errors import FormatError, SafeloadError, UnsupportedFormatError
+from safeload.errors import (
+    FormatError,
+    LimitExceededError,
+    SafeloadError,
+    UnsupportedFormatError,
+)
 from safeload.formats._detect import Detection, Format, _detect_raw, unwrap
 from safeload.formats._dtypes import lookup
 from safeload.formats._materialize import Framework, Materializer, check_spec, iter_specs
@@ -188,10 +193,43 @@ def _parse(
     segments: list[bytes] | None = None,
     known_crcs: Mapping[tuple[int, int], int] | None = None,
 ) -> _Parsed:
+    """Fail closed: any slip in a reader on hostile bytes is a refusal, never a traceback."""
+    try:
+        return _parse_unguarded(
+            data,
+            name=name,
+            limits=limits,
+            collect=collect,
+            segments=segments,
+            known_crcs=known_crcs,
+        )
+    except SafeloadError:
+        raise
+    except (MemoryError, RecursionError) as exc:
+        raise LimitExceededError(
+            "file too complex to read", path=name or None, rule="limits.reader", detail=repr(exc)
+        ) from exc
+    except Exception as exc:  # the attacker controls every byte: refuse, do not crash
+        logger.debug("reader failed on %s", name, exc_info=True)
+        raise FormatError(
+            "malformed file",
+            path=name or None,
+            rule="formats.malformed",
+            detail=f"{type(exc).__name__}: {exc}"[:300],
+        ) from exc
+
+
+def _parse_unguarded(
+    data: bytes | bytearray | memoryview,
+    *,
+    name: str,
+    limits: Limits,
+    collect: list[str] | None = None,
+    segments: list[bytes] | None = None,
+    known_crcs: Mapping[tuple[int, int], int] | None = None,
+) -> _Parsed:
     """Detect, unwrap and run the container + pickle checks; tensors stay placeholders."""
     if len(data) > limits.max_file_bytes:
-        from safeload.errors import LimitExceededError
-
         raise LimitExceededError(
             f"file is {len(data)} bytes", path=name or None, rule="limits.max_file_bytes"
         )
@@ -251,8 +289,6 @@ def _table(parsed: _Parsed, limits: Limits, name: str) -> tuple[TensorInfo, ...]
         )
         rows.append(TensorInfo(tname, spec.dtype, spec.shape, nbytes, offset, spec.storage.key))
         if len(rows) > limits.max_tensors:
-            from safeload.errors import LimitExceededError
-
             raise LimitExceededError(
                 f"more than {limits.max_tensors} tensors",
                 path=name or None,
