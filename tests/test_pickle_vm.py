@@ -925,6 +925,9 @@ def _clean_registry() -> Any:
 
 def test_safe_globals_need_reasons_and_classes() -> None:
     for bad in [
+        (type, "metaclass"),
+        (object, "builtin"),
+        (property, "builtin"),
         (Point, ""),
         (Point, "  "),
         (Point,),

@@ -73,6 +73,13 @@ def _resolve(entry: object) -> SafeGlobal:
             rule="safe_globals.entry",
             detail="only classes can be rebuilt from plain data without running their code",
         )
+    if issubclass(cls, type) or cls.__module__ == "builtins":
+        raise UsageError(
+            f"{cls.__module__}.{cls.__qualname__} cannot be allowlisted",
+            rule="safe_globals.entry",
+            detail="metaclasses build new classes and builtins are covered by safeload's own "
+            "table; allowlist your own data classes",
+        )
     name = entry[1] if len(entry) == 3 else f"{cls.__module__}.{cls.__qualname__}"
     reason = entry[-1]
     if type(name) is not str or "." not in name or "<" in name:
