@@ -139,6 +139,13 @@ def test_other_devices_move_tensors_after_loading(ckpt: Path) -> None:
     assert isinstance(out["p"], torch.nn.Parameter) and out["p"].device.type == "meta"
 
 
+def test_unavailable_device_is_a_usage_error(ckpt: Path) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(UsageError):
+        safeload.load(ckpt, map_location="cuda:0")
+
+
 def test_force_no_weights_only_env_is_refused_loudly(
     ckpt: Path, evil: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:

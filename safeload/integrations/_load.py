@@ -287,7 +287,15 @@ def load(
         gate.check(data, name=name, fmt=result.format.value, shapes=shapes)
     value = result.value
     if device is not None:
-        value = _move(value, device)
+        try:
+            value = _move(value, device)
+        except (RuntimeError, AssertionError, ValueError) as exc:  # no such device here
+            raise UsageError(
+                f"cannot move tensors to {device!r}",
+                path=name or None,
+                rule="load.map_location",
+                detail=str(exc)[:200],
+            ) from exc
     return value
 
 
