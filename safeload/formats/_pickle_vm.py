@@ -356,7 +356,8 @@ class _Machine:
             handler(self)
         if self.metastack or len(self.stack) != 1:
             self.bad("pickle stack is not a single value at STOP", "pickle.stack")
-        check_result(self.stack[0], self.limits, (AllowedGlobal, SafeGlobal))
+        forbidden = (AllowedGlobal, SafeGlobal) if self.collect is None else ()
+        check_result(self.stack[0], self.limits, forbidden)
         return self.stack[0], self.pos
 
 
