@@ -42,6 +42,7 @@ _log = logging.getLogger(__name__)
 _U16, _I32, _U32, _U64, _F64 = map(struct.Struct, ("<H", "<i", "<I", "<Q", ">d"))
 
 _ENCODINGS = ("ascii", "latin1", "utf-8", "bytes")
+_ADVICE = "nothing a file names is imported; allowlist your own data classes, with a reason"
 _DECIMAL = re.compile(rb"[+-]?[0-9]+")
 _FLOAT_CHARS = re.compile(rb"[-+.0-9eEinfatyINFATY]{1,64}")  # a charset, so no backtracking
 
@@ -255,13 +256,7 @@ class _Machine:
         if self.collect is not None:
             self.collect.append(qualname)
             return Opaque(qualname)
-        self.refuse(
-            f"global {qualname!r} is not allowlisted",
-            "pickle.globals",
-            code="SL101",
-            detail="safeload never imports what a model file names; if "
-            "this is a data-only class you trust, allowlist it with a reason",
-        )
+        self.refuse(f"global {qualname!r} is not allowlisted", "pickle.globals", "SL101", _ADVICE)
 
     def call(self, func: object, args: object, op: str, *, newobj: bool = False) -> object:
         if type(func) is Opaque:
@@ -280,7 +275,9 @@ class _Machine:
                         self.budget.hashing(a)
             return self.review(func.name, lambda: self.budget.account(fn(args, self.ctx)))
         if type(func) is SafeGlobal:
-            return self.review(func.name, lambda: instantiate(func, args, self.ctx))
+            return self.review(
+                func.name, lambda: self.budget.account(instantiate(func, args, self.ctx))
+            )
         self.refuse(f"{op} on a {type(func).__name__} is not allowed", "pickle.reduce", "SL103")
 
     def review(self, name: str, make: Callable[[], object]) -> object:
