@@ -886,6 +886,13 @@ def test_collect_unsafe_goes_on_past_refused_reconstructions() -> None:
         run(data)
 
 
+def test_collect_unsafe_escapes_names_that_could_drive_a_terminal() -> None:
+    found: list[str] = []
+    run(asm(sglobal("os\x1b[2J", "system\n"), "POP", "NONE", "STOP"), collect_unsafe=found)
+    assert found == [ascii("os\x1b[2J.system\n")]
+    assert found[0].isprintable()
+
+
 def test_collect_unsafe_non_string_stack_global() -> None:
     found: list[str] = []
     run(asm(("BININT1", 42), ustr("os"), "STACK_GLOBAL", "STOP"), collect_unsafe=found)

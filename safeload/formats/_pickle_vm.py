@@ -253,8 +253,8 @@ class _Machine:
         user = self.safe.get(qualname)
         if user is not None:
             return user
-        if self.collect is not None:
-            self.collect.append(qualname)
+        if self.collect is not None:  # escaped if it could drive a terminal
+            self.collect.append(qualname if qualname.isprintable() else ascii(qualname))
             return Opaque(qualname)
         self.refuse(f"global {qualname!r} is not allowlisted", "pickle.globals", "SL101", _ADVICE)
 
