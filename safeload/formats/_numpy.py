@@ -47,9 +47,15 @@ class NpyHeader:
         return math.prod(self.shape) * self.dtype.itemsize
 
 
-def parse_npy(data: memoryview, *, limits: Limits, name: str = "") -> NpyHeader:
-    """Validate a ``.npy`` header and that the data that follows is exactly the array's size."""
+def parse_npy(
+    data: bytes | memoryview, *, limits: Limits, name: str = "", total: int | None = None
+) -> NpyHeader:
+    """Validate a ``.npy`` header and that the data that follows is exactly the array's size.
+
+    ``total`` is the whole file's size when ``data`` holds only its first bytes.
+    """
     path = name or None
+    size = len(data) if total is None else total
     if bytes(data[:6]) != _MAGIC or len(data) < 10:
         raise FormatError("not a .npy file", path=path, rule="numpy.magic")
     major, minor = data[6], data[7]
@@ -102,12 +108,12 @@ def parse_npy(data: memoryview, *, limits: Limits, name: str = "") -> NpyHeader:
             rule="limits.max_tensor_elements",
         )
     header = NpyHeader(dtype, tuple(shape), bool(fortran), start + hlen)
-    if len(data) - header.data_offset != header.nbytes:
+    if size - header.data_offset != header.nbytes:
         raise FormatError(
             ".npy data size does not match its header",
             path=path,
             rule="numpy.size",
-            detail=f"header says {header.nbytes} bytes, file has {len(data) - header.data_offset}",
+            detail=f"header says {header.nbytes} bytes, file has {size - header.data_offset}",
         )
     return header
 

@@ -36,6 +36,9 @@ from safeload.policy import Limits
 
 __all__ = ["Analysis", "ReadResult", "TensorInfo", "analyze", "read", "unsafe_globals"]
 
+_NPY_HEAD = 1 << 16
+"""Enough leading bytes of an ``.npy`` member for any header numpy accepts."""
+
 logger = logging.getLogger(__name__)
 
 _UNSUPPORTED = {
@@ -45,7 +48,8 @@ _UNSUPPORTED = {
     Format.KERAS: "Keras archives can carry Lambda-layer bytecode; safeload does not read them",
     Format.HDF5: "HDF5/Keras H5 models can carry Lambda-layer bytecode; not read",
     Format.TORCHSCRIPT: "TorchScript archives contain code; safeload never loads code",
-    Format.TORCH_TAR: "the pre-2018 tar checkpoint format (CVE-2025-32434 path) is not read",
+    Format.TORCH_TAR: "the pre-2018 tar format (the CVE-2025-32434 path); "
+    "torch.load(weights_only=True) refuses it too",
     Format.UNKNOWN: "unrecognised container layout",
 }
 
@@ -99,6 +103,8 @@ class _Parsed:
     offsets: dict[str, int]
     wrappers: tuple[str, ...]
     offsets_known: bool
+    sizes: dict[str, int] = field(default_factory=dict)
+    """Each storage's byte size (known even when its bytes were not read)."""
     archive: ZipArchive | None = None
     """The validated archive of an ``.npz`` (built once, CRCs checked once)."""
 
@@ -192,6 +198,7 @@ def _parse(
     collect: list[str] | None = None,
     segments: list[bytes] | None = None,
     known_crcs: Mapping[tuple[int, int], int] | None = None,
+    read_data: bool = True,
 ) -> _Parsed:
     """Fail closed: any slip in a reader on hostile bytes is a refusal, never a traceback."""
     try:
@@ -202,6 +209,7 @@ def _parse(
             collect=collect,
             segments=segments,
             known_crcs=known_crcs,
+            read_data=read_data,
         )
     except SafeloadError:
         raise
@@ -227,6 +235,7 @@ def _parse_unguarded(
     collect: list[str] | None = None,
     segments: list[bytes] | None = None,
     known_crcs: Mapping[tuple[int, int], int] | None = None,
+    read_data: bool = True,
 ) -> _Parsed:
     """Detect, unwrap and run the container + pickle checks; tensors stay placeholders."""
     if len(data) > limits.max_file_bytes:
@@ -241,11 +250,13 @@ def _parse_unguarded(
     known = not wrappers
     crcs = known_crcs if known else None  # CRC hints describe the file, not unwrapped bytes
     if fmt is Format.TORCH_ZIP:
-        tp: TorchParse = parse_torch_zip(inner, limits=limits, name=name, run=run, known_crcs=crcs)
-        return _Parsed(fmt, tp.value, tp.storages, tp.offsets, wrappers, known)
+        tp: TorchParse = parse_torch_zip(
+            inner, limits=limits, name=name, run=run, known_crcs=crcs, read_data=read_data
+        )
+        return _Parsed(fmt, tp.value, tp.storages, tp.offsets, wrappers, known, tp.sizes)
     if fmt is Format.TORCH_LEGACY:
         tp = parse_torch_legacy(inner, limits=limits, name=name, run=run)
-        return _Parsed(fmt, tp.value, tp.storages, tp.offsets, wrappers, known)
+        return _Parsed(fmt, tp.value, tp.storages, tp.offsets, wrappers, known, tp.sizes)
     if fmt is Format.PICKLE:
         value, end = run(inner, 0, None, name)
         if end != len(inner):
@@ -259,12 +270,14 @@ def _parse_unguarded(
     if fmt is Format.SAFETENSORS:
         header = parse_safetensors(inner, limits=limits, name=name)
         value = dict(header.specs)
-        return _Parsed(fmt, value, st_storages(inner, header), header.offsets, wrappers, known)
+        bufs = st_storages(inner, header)
+        sizes = {k: len(v) for k, v in bufs.items()}
+        return _Parsed(fmt, value, bufs, header.offsets, wrappers, known, sizes)
     if fmt is Format.NUMPY:
         return _Parsed(fmt, inner, {}, {}, wrappers, known)
     if fmt is Format.NPZ:
         archive, _ = npz_members(inner, limits=limits, name=name, known_crcs=crcs)
-        return _Parsed(fmt, inner, {}, {}, wrappers, known, archive)
+        return _Parsed(fmt, inner, {}, {}, wrappers, known, {}, archive)
     raise UnsupportedFormatError(  # pragma: no cover - every Format is handled above
         f"{fmt.value} files are not read", path=name or None, rule="formats.supported"
     )
@@ -273,14 +286,14 @@ def _parse_unguarded(
 def _table(parsed: _Parsed, limits: Limits, name: str) -> tuple[TensorInfo, ...]:
     rows = []
     for tname, spec in iter_specs(parsed.value):
-        buf = parsed.storages.get(spec.storage.key)
-        if buf is None:
+        size = parsed.sizes.get(spec.storage.key)
+        if size is None:
             raise FormatError(
                 f"tensor {tname!r} names a storage the file does not have",
                 path=name or None,
                 rule="tensor.storage",
             )
-        nbytes = check_spec(spec, len(buf), limits=limits, path=name or None)
+        nbytes = check_spec(spec, size, limits=limits, path=name or None)
         base = parsed.offsets.get(spec.storage.key, -1)
         offset = (
             base + spec.offset * lookup(spec.dtype).itemsize
@@ -310,23 +323,34 @@ def _numpy_table(
     rows = []
     for member in names:
         m = archive.members[member]
-        h = parse_npy(archive.read(member), limits=limits, name=f"{name}:{member}")
+        mname = f"{name}:{member}"
+        if check_data:
+            h = parse_npy(archive.read(member), limits=limits, name=mname)
+        else:
+            head = archive.head(member, _NPY_HEAD)
+            h = parse_npy(head, limits=limits, name=mname, total=m.size)
         off = m.data_offset + h.data_offset if parsed.offsets_known and m.method == 0 else None
         rows.append(TensorInfo(member[: -len(".npy")], h.dtype.str, h.shape, h.nbytes, off, member))
-    if check_data:
-        archive.verify_all()
     return tuple(rows)
 
 
 def analyze(
-    data: bytes | bytearray | memoryview, *, name: str = "", limits: Limits | None = None
+    data: bytes | bytearray | memoryview,
+    *,
+    name: str = "",
+    limits: Limits | None = None,
+    check_data: bool = True,
 ) -> Analysis:
-    """Validate everything about a file without materialising tensors; refuse by raising."""
+    """Validate everything about a file without materialising tensors; refuse by raising.
+
+    ``check_data=False`` (``inspect``) skips what needs every tensor byte: zip CRCs of storage
+    records and of ``.npz`` members. Structure, pickle and every tensor view are still checked.
+    """
     limits = limits or Limits()
     segments: list[bytes] = []
-    parsed = _parse(data, name=name, limits=limits, segments=segments)
+    parsed = _parse(data, name=name, limits=limits, segments=segments, read_data=check_data)
     if parsed.format in (Format.NUMPY, Format.NPZ):
-        table = _numpy_table(parsed, limits, name, check_data=True)
+        table = _numpy_table(parsed, limits, name, check_data=check_data)
         return Analysis(parsed.format, table, (), parsed.wrappers)
     table = _table(parsed, limits, name)
     names: set[str] = set()

@@ -6,8 +6,8 @@ persistent id), the list of storage keys, then for each key an 8-byte little-end
 count followed by the storage's bytes. All five pickles run through safeload's pickle VM. The
 element count written in the file must equal what the pickle claimed for that key, the tail
 must be consumed exactly, and only little-endian files are read. The legacy *tar* format is
-detected elsewhere and refused: torch has not written it since 2018 and its loader is the path
-behind CVE-2025-32434.
+detected elsewhere and refused: torch has not written it since 2018, its loader is the path
+behind CVE-2025-32434, and ``torch.load(weights_only=True)`` refuses it too.
 """
 
 from __future__ import annotations
@@ -115,4 +115,4 @@ def parse_torch_legacy(
         raise FormatError(
             "bytes after the last storage", path=path, rule="torch_legacy.trailing_data", offset=pos
         )
-    return TorchParse(value, storages, offsets)
+    return TorchParse(value, storages, offsets, {k: len(v) for k, v in storages.items()})

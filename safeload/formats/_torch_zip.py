@@ -81,8 +81,11 @@ class TorchParse:
 
     value: object
     storages: dict[str, memoryview]
+    """Each storage's bytes; empty when the parse was asked not to read tensor data."""
     offsets: dict[str, int]
     """Where each storage starts in the (unwrapped) file; -1 when it was decompressed."""
+    sizes: dict[str, int]
+    """Each storage's size in bytes (known without reading it)."""
 
 
 def parse_torch_zip(
@@ -92,8 +95,13 @@ def parse_torch_zip(
     name: str,
     run: PickleRunner,
     known_crcs: Mapping[tuple[int, int], int] | None = None,
+    read_data: bool = True,
 ) -> TorchParse:
-    """Validate the archive and run ``data.pkl``; storages are returned, not materialised."""
+    """Validate the archive and run ``data.pkl``; storages are returned, not materialised.
+
+    With ``read_data=False`` storage records are sized from the directory but neither read nor
+    CRC-checked (``inspect``: the tensor table without touching tensor bytes).
+    """
     path = name or None
     archive = ZipArchive(data, limits=limits, name=name, known_crcs=known_crcs)
     root = _root(archive, path)
@@ -109,6 +117,7 @@ def parse_torch_zip(
             )
     records: dict[str, str] = {}
     offsets: dict[str, int] = {}
+    sizes: dict[str, int] = {}
 
     def persistent_load(pid: object) -> object:
         key, dtype, numel, location = check_storage_pid(pid, path)
@@ -128,6 +137,7 @@ def parse_torch_zip(
         if key not in records:
             records[key] = record
             offsets[key] = member.data_offset if member.method == 0 else -1
+            sizes[key] = member.size
         return StorageRef(key, dtype, numel, location)
 
     pkl = archive.read(f"{root}/data.pkl")
@@ -136,6 +146,8 @@ def parse_torch_zip(
         raise FormatError(
             "bytes after the end of data.pkl", path=path, rule="torch.trailing_data", offset=end
         )
-    data_by_record = archive.read_many(list(records.values()))  # CRC-checks every storage
-    storages = {key: data_by_record[record] for key, record in records.items()}
-    return TorchParse(value, storages, offsets)
+    storages: dict[str, memoryview] = {}
+    if read_data:
+        data_by_record = archive.read_many(list(records.values()))  # CRC-checks every storage
+        storages = {key: data_by_record[record] for key, record in records.items()}
+    return TorchParse(value, storages, offsets, sizes)

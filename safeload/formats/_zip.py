@@ -381,6 +381,22 @@ class ZipArchive:
             self._checked.add(name)
         return data
 
+    def head(self, name: str, n: int) -> bytes:
+        """Up to ``n`` leading bytes of a member, without reading (or CRC-checking) the rest."""
+        m = self.members.get(name)
+        if m is None:
+            raise self._bad(f"zip has no member {name!r}", "missing_member")
+        if m.method == _STORED:
+            return bytes(self._buf[m.data_offset : m.data_offset + min(n, m.size)])
+        dec = zlib.decompressobj(wbits=-15)
+        raw = self._buf[m.data_offset : m.data_offset + m.compressed_size]
+        try:
+            return dec.decompress(raw, min(n, m.size))
+        except zlib.error as exc:
+            raise self._bad(
+                f"corrupt deflate data in {name!r}", "deflate", m.data_offset, str(exc)
+            ) from None
+
     def read_many(self, names: list[str]) -> dict[str, memoryview]:
         """Several members at once; CRCs of large stored members are checked on two threads.
 

@@ -326,7 +326,7 @@ def inspect(path: Any, *, limits: Limits | None = None) -> ModelInfo:
     """Format and tensor table (name, dtype, shape, bytes, offset) without reading tensor data."""
     limits = limits or Limits()
     data, name = _buffer_of(path, use_mmap=True, limits=limits)
-    analysis = analyze(data, name=name, limits=limits)
+    analysis = analyze(data, name=name, limits=limits, check_data=False)
     return ModelInfo(name, analysis.format, len(data), analysis.tensors, analysis.wrappers)
 
 
