@@ -193,3 +193,24 @@ def test_unknown_input_type_is_a_usage_error() -> None:
         safeload.load(12345)
     with pytest.raises(safeload.SourceError):
         safeload.load("/nonexistent/model.pt")
+
+
+def test_inspect_does_not_read_tensor_data(tmp_path: Path) -> None:
+    """A flipped byte inside a storage is invisible to inspect (no CRC pass over tensor data)
+    but refused by load and by the scanner's full analyze."""
+    path = tmp_path / "w.pt"
+    torch.save({"w": torch.zeros(256)}, path)
+    row = safeload.inspect(path).tensors[0]
+    assert row.offset is not None
+    data = bytearray(path.read_bytes())
+    data[row.offset + 7] ^= 0xFF
+    path.write_bytes(bytes(data))
+    assert safeload.inspect(path).tensors[0] == row
+    with pytest.raises(safeload.FormatError):
+        safeload.load(path)
+    with pytest.raises(safeload.FormatError):
+        safeload.formats.analyze(path.read_bytes())
+    npz = tmp_path / "a.npz"
+    np.savez_compressed(npz, a=np.arange(100))
+    (arow,) = safeload.inspect(npz).tensors
+    assert (arow.name, arow.shape, arow.nbytes) == ("a", (100,), 800)
