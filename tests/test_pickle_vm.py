@@ -736,6 +736,32 @@ def test_limit_hashing_cost_of_nested_shared_tuples() -> None:
     assert run(small) == (1,)
 
 
+def test_hash_flooding_keys_are_refused() -> None:
+    """ints hash modulo 2**61 - 1, so k * (2**61 - 1) + 7 all share hash 7: inserting n of
+    them is quadratic. Strings are salted per process and are not affected."""
+    p = (1 << 61) - 1
+    keys = [("LONG1", i * p + 7) for i in range(100)]
+    as_dict = asm("EMPTY_DICT", "MARK", *[x for k in keys for x in (k, "NONE")], "SETITEMS", "STOP")
+    as_set = asm("EMPTY_SET", "MARK", *keys, "ADDITEMS", "STOP")
+    as_frozenset = asm("MARK", *keys, "FROZENSET", "STOP")
+    as_reduce = asm(call(glob("builtins", "set"), ["MARK", *keys, "LIST"]), "STOP")
+    pairs = [["MARK", k, "NONE", "TUPLE"] for k in keys]
+    as_od = asm(call(glob("collections", "OrderedDict"), ["MARK", *pairs, "LIST"]), "STOP")
+    for data in (as_dict, as_set, as_frozenset, as_reduce, as_od):
+        with pytest.raises(LimitExceededError) as ei:
+            run(data)
+        assert "hash flooding" in ei.value.message
+    ok = asm(
+        "EMPTY_DICT",
+        "MARK",
+        *[x for i in range(100) for x in (("LONG1", 7), "NONE")],
+        "SETITEMS",
+        "STOP",
+    )
+    assert run(ok) == {7: None}  # the same key many times is not a flood
+    assert len(run(pickle.dumps(set(range(5000)), 4))) == 5000
+
+
 def test_long_numeric_lines_parse_in_linear_time() -> None:
     digits = b"1" * 200_000
     for op in (b"F", b"I", b"L", b"g", b"p"):

@@ -22,6 +22,7 @@ _SCALAR_TYPES = (type(None), bool, int, float, str, bytes)
 _HASHED_CONTAINERS = (tuple, frozenset)
 _WALKED = (list, tuple, dict, set, frozenset, collections.OrderedDict)
 _COUNTED = _WALKED
+_MAX_COLLISIONS = 32
 OBJECT_BYTES = 64
 """What one new container, memo slot or rebuilt value costs, roughly, in the alloc budget."""
 
@@ -29,7 +30,7 @@ OBJECT_BYTES = 64
 class Budget:
     """Counters for one run; raises :class:`LimitExceededError` naming the ``limits.`` field."""
 
-    __slots__ = ("alloc", "depth", "items", "limits", "ops", "weights")
+    __slots__ = ("alloc", "collisions", "depth", "items", "limits", "ops", "weights")
 
     def __init__(self, limits: Limits) -> None:
         self.limits = limits
@@ -39,6 +40,8 @@ class Budget:
         # id -> (container kept alive so the id stays unique, nesting depth); only containers
         # that hold containers are recorded.
         self.depth: dict[int, tuple[object, int]] = {}
+        # id -> (dict/set kept alive, hash -> distinct non-str keys seen with that hash).
+        self.collisions: dict[int, tuple[object, dict[int, list[Any]]]] = {}
         # id -> (tuple/frozenset kept alive, elements hashing it visits); filled lazily.
         self.weights: dict[int, tuple[object, int]] = {}
 
@@ -125,6 +128,34 @@ class Budget:
                 todo.append((node, True))
                 todo.extend((c, False) for c in kids)
         return cache[id(root)][1]
+
+    def distinct_hashes(self, container: object | None, keys: Iterable[Any]) -> None:
+        """Refuse hash flooding: many *different* keys sharing one hash make every insert walk
+        a collision chain (quadratic time). ``str``/``bytes`` hashes are salted per process,
+        but ints, floats and tuples hash predictably (``hash(k * (2**61 - 1) + c) == c``).
+        Up to ``_MAX_COLLISIONS`` distinct keys per hash value and container are allowed.
+        """
+        table: dict[int, list[Any]]
+        if container is None:
+            table = {}
+        else:
+            rec = self.collisions.get(id(container))
+            if rec is None:
+                rec = self.collisions[id(container)] = (container, {})
+            table = rec[1]
+        for k in keys:
+            if type(k) in (str, bytes):
+                continue
+            reps = table.setdefault(hash(k), [])
+            if any(k is r or k == r for r in reps):
+                continue
+            reps.append(k)
+            if len(reps) > _MAX_COLLISIONS:
+                raise LimitExceededError(
+                    "keys crafted to share one hash value (hash flooding)",
+                    rule="limits.max_pickle_opcodes",
+                    detail=f"more than {_MAX_COLLISIONS} distinct keys hash to {hash(k)}",
+                )
 
     def hashing(self, keys: Iterable[Any]) -> None:
         """Charge hashing ``keys`` to the opcode budget before Python pays for it."""

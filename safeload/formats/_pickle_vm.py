@@ -214,12 +214,11 @@ class _Machine:
             self.bad("SETITEMS with an odd number of items")
         if d is None:
             return
-        self.budget.hashing(items[0::2])
-        try:
-            for i in range(0, len(items), 2):
-                d[items[i]] = items[i + 1]
-        except TypeError as exc:
-            self.bad("unhashable dict key", detail=str(exc))
+        keys = items[0::2]
+        self.budget.hashing(keys)
+        self.budget.distinct_hashes(d, self.hashable(keys))
+        for i in range(0, len(items), 2):
+            d[items[i]] = items[i + 1]
         self.budget.nest(d, items)
 
     def hashable(self, items: list[Any]) -> list[Any]:
@@ -227,7 +226,7 @@ class _Machine:
             try:
                 hash(x)
             except TypeError as exc:
-                self.bad("unhashable set member", detail=str(exc))
+                self.bad("unhashable dict key or set member", detail=str(exc))
         return items
 
     # --- memo -------------------------------------------------------------------------
@@ -273,6 +272,10 @@ class _Machine:
                 for a in args:
                     if type(a) in (list, tuple):
                         self.budget.hashing(a)
+                        keys = a
+                        if func.name == "collections.OrderedDict":  # (key, value) pairs
+                            keys = [p[0] if type(p) in (list, tuple) and p else p for p in a]
+                        self.budget.distinct_hashes(None, self.hashable(keys))
             return self.review(func.name, lambda: self.budget.account(fn(args, self.ctx)))
         if type(func) is SafeGlobal:
             return self.review(
@@ -527,7 +530,8 @@ def _additems(m: _Machine) -> None:
     s = m.target((set,), "ADDITEMS")
     m.budget.hashing(items)
     if s is not None:
-        s.update(m.hashable(items))
+        m.budget.distinct_hashes(s, m.hashable(items))
+        s.update(items)
         m.budget.nest(s, items)
 
 
@@ -535,7 +539,8 @@ def _additems(m: _Machine) -> None:
 def _frozenset(m: _Machine) -> None:
     items = m.pop_mark()
     m.budget.hashing(items)
-    fs = frozenset(m.hashable(items))
+    m.budget.distinct_hashes(None, m.hashable(items))
+    fs = frozenset(items)
     m.budget.nest(fs, items)
     m.push(fs)
 
