@@ -23,7 +23,7 @@ __all__ = ["abi_version", "apply", "detect", "libc"]
 def _load_libc() -> ctypes.CDLL | None:
     try:
         return ctypes.CDLL(None, use_errno=True)
-    except OSError:  # pragma: no cover - not a glibc/musl process
+    except (OSError, TypeError):  # pragma: no cover - Windows, or not a glibc/musl process
         return None
 
 

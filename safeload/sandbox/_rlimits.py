@@ -10,8 +10,11 @@ and ``RLIMIT_CORE = 0`` keeps crashed workers from dumping model bytes to disk.
 
 from __future__ import annotations
 
-import resource
+import sys
 from dataclasses import dataclass
+
+if sys.platform != "win32":  # the sandbox is Linux-only; importing safeload is not
+    import resource
 
 __all__ = ["RlimitPlan", "apply", "detect"]
 
@@ -28,6 +31,8 @@ class RlimitPlan:
 
 
 def detect() -> tuple[bool, str]:
+    if sys.platform == "win32":
+        return False, "no setrlimit on Windows"
     return True, "setrlimit: AS, CPU, FSIZE, NOFILE, NPROC, CORE"
 
 

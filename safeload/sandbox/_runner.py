@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import fcntl
 import json
 import logging
 import math
@@ -35,6 +34,9 @@ from safeload.policy import Limits
 from safeload.sandbox import _layers, _transport, _worker
 from safeload.sandbox._layers import LayerReport
 from safeload.sandbox._rlimits import RlimitPlan
+
+if sys.platform != "win32":  # the sandbox is Linux-only; importing safeload is not
+    import fcntl
 
 __all__ = ["SandboxResult", "prewarm", "run_in_sandbox", "sandboxed_read"]
 
@@ -396,6 +398,9 @@ def run_in_sandbox(
     logged to the ``safeload.audit`` logger every time it is used.
     """
     started = time.monotonic()
+    if sys.platform != "linux":
+        raise SandboxError("the sandbox worker needs Linux", rule="sandbox.platform",
+                           detail=f"this is {sys.platform}")  # fmt: skip
     required = _layers.check_layer_names(required_layers, "sandbox.required_layers")
     skip = _layers.check_layer_names(unsafe_skip_layers, "sandbox.unsafe_skip_layers")
     if required & skip:

@@ -23,11 +23,11 @@ from __future__ import annotations
 import base64
 import binascii
 import collections
-import fcntl
 import json
 import math
 import mmap
 import os
+import sys
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -38,6 +38,9 @@ from safeload.formats._dtypes import DTYPES, SAFETENSORS_DTYPES, torch_dtype
 from safeload.formats._safetensors import parse_safetensors
 from safeload.formats._types import TorchDevice, TorchDType, TorchLayout
 from safeload.policy import Limits
+
+if sys.platform != "win32":  # the sandbox is Linux-only; importing safeload is not
+    import fcntl
 
 __all__ = ["decode_result", "encode_result", "seal"]
 
