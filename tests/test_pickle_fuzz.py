@@ -31,7 +31,7 @@ TIGHT = Limits(
     max_tensor_elements=1 << 20,
 )
 FUZZ = settings(
-    max_examples=400,
+    max_examples=1500,
     deadline=None,
     derandomize=True,
     database=None,
