@@ -198,7 +198,7 @@ def test_spinning_is_stopped_by_the_cpu_rlimit(machine: DoctorReport) -> None:
 
 def test_sleeping_forever_is_stopped_by_the_deadline() -> None:
     with pytest.raises(SandboxError) as info:
-        run_in_sandbox("attempt_sleep", [], limits=LIMITS, timeout=1.5)
+        run_in_sandbox("attempt_sleep", [], limits=LIMITS, timeout=5)
     assert info.value.rule == "sandbox.timeout"
 
 

@@ -10,6 +10,7 @@ and ``RLIMIT_CORE = 0`` keeps crashed workers from dumping model bytes to disk.
 
 from __future__ import annotations
 
+import math
 import sys
 from dataclasses import dataclass
 
@@ -46,11 +47,14 @@ def _lower(which: int, value: int) -> None:
 def apply(plan: RlimitPlan) -> str:
     _lower(resource.RLIMIT_CORE, 0)
     _lower(resource.RLIMIT_AS, plan.address_space)
-    # Soft limit sends SIGXCPU; the hard limit one second later is SIGKILL.
+    # RLIMIT_CPU counts from process start: the job's budget comes on top of the start-up
+    # (imports) already spent. Soft limit sends SIGXCPU; the hard limit a second later SIGKILL.
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    budget = math.ceil(usage.ru_utime + usage.ru_stime) + plan.cpu_seconds
     _soft, hard = resource.getrlimit(resource.RLIMIT_CPU)
-    cap = plan.cpu_seconds + 1
+    cap = budget + 1
     new_hard = cap if hard == resource.RLIM_INFINITY else min(hard, cap)
-    resource.setrlimit(resource.RLIMIT_CPU, (min(plan.cpu_seconds, new_hard), new_hard))
+    resource.setrlimit(resource.RLIMIT_CPU, (min(budget, new_hard), new_hard))
     _lower(resource.RLIMIT_FSIZE, plan.file_size)
     _lower(resource.RLIMIT_NOFILE, plan.open_files)
     _lower(resource.RLIMIT_NPROC, plan.processes)
