@@ -414,3 +414,35 @@ def test_mutated_files_fail_closed(kind: str) -> None:
         for run in (lambda b: read(b, framework="numpy"), analyze):
             with contextlib.suppress(SafeloadError):
                 run(bytes(d))
+
+
+def test_quantized_spec_materialises_per_tensor_affine() -> None:
+    """The contract with the pickle reader for ``_rebuild_qtensor``: a qint8 TensorSpec whose
+    ``extra["quantizer"]`` is ``("per_tensor_affine", scale, zero_point)``."""
+    import warnings
+
+    from safeload.formats._materialize import Materializer
+    from safeload.formats._types import StorageRef, TensorSpec
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        want = torch.quantize_per_tensor(torch.randn(8), 0.1, 3, torch.qint8)
+    raw = want.int_repr().numpy().tobytes()
+    ref = StorageRef("0", "qint8", 8)
+    spec = TensorSpec(
+        ref, 0, (8,), (1,), "qint8", extra={"quantizer": ("per_tensor_affine", 0.1, 3)}
+    )
+    got = Materializer(
+        {"0": memoryview(bytearray(raw))}, framework="torch", limits=Limits()
+    ).tensor(spec)
+    assert got.is_quantized and got.q_scale() == 0.1 and got.q_zero_point() == 3
+    assert torch.equal(got.int_repr(), want.int_repr())
+    arr = Materializer(
+        {"0": memoryview(bytearray(raw))}, framework="numpy", limits=Limits()
+    ).tensor(spec)
+    assert arr.dtype == np.int8 and arr.tobytes() == raw
+    bare = TensorSpec(ref, 0, (8,), (1,), "qint8")
+    with pytest.raises(FormatError):
+        Materializer({"0": memoryview(bytearray(raw))}, framework="torch", limits=Limits()).tensor(
+            bare
+        )

@@ -11,6 +11,7 @@ own, so the check lives next to the pointer arithmetic too.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterator, Mapping
 from typing import Any, Literal
 
@@ -190,9 +191,15 @@ class Materializer:
                     buf = memoryview(bytearray(buf))
                 storage = torch.frombuffer(buf, dtype=torch.uint8).untyped_storage()
             self._built[spec.storage.key] = storage
-        t = torch.empty(0, dtype=torch_dtype(spec.dtype))
-        t.set_(storage, spec.offset, spec.shape, spec.stride)
         quant = spec.extra.get("quantizer")
+        if (spec.dtype in _INT_REPR) != (quant is not None):
+            raise FormatError(
+                "quantized storage and quantizer parameters must come together",
+                path=self._path,
+                rule="tensor.quantizer",
+            )
+        t = torch.empty(0, dtype=torch_dtype(_INT_REPR.get(spec.dtype, spec.dtype)))
+        t.set_(storage, spec.offset, spec.shape, spec.stride)
         if quant is not None:
             t = _quantize(t, quant, self._path)
         if spec.kind == "parameter":
@@ -210,8 +217,16 @@ def _retuple(original: tuple[Any, ...], items: list[Any]) -> tuple[Any, ...]:
         return tuple(items)
 
 
+_INT_REPR = {"qint8": "int8", "quint8": "uint8", "qint32": "int32"}
+"""Quantized dtypes and the integer type their storage holds."""
+
+
 def _quantize(t: Any, quant: object, path: str | None) -> Any:
-    """A per-tensor affine quantized tensor over the integer storage ``t`` (no copy of data)."""
+    """A per-tensor affine quantized tensor from its integer representation ``t``.
+
+    ``quant`` is what the pickle reader puts in ``TensorSpec.extra["quantizer"]`` for
+    ``torch._utils._rebuild_qtensor``: ``("per_tensor_affine", scale: float, zero_point: int)``.
+    """
     import torch
 
     if not (isinstance(quant, tuple) and len(quant) == 3 and quant[0] in ("per_tensor_affine",)):
@@ -231,4 +246,8 @@ def _quantize(t: Any, quant: object, path: str | None) -> Any:
         raise FormatError(
             "quantized tensor over a non-integer storage", path=path, rule="tensor.quantizer"
         )
-    return torch._make_per_tensor_quantized_tensor(t, scale, zero_point)
+    with warnings.catch_warnings():  # torch deprecates creating quantized tensors; still loads
+        warnings.filterwarnings(
+            "ignore", message=".*quantized tensor creation", category=UserWarning
+        )
+        return torch._make_per_tensor_quantized_tensor(t, scale, zero_point)
