@@ -161,3 +161,40 @@ def test_encode_then_decode_round_trips(memfd: int) -> None:
     assert isinstance(value, dict)
     assert value["a"] is value["b"][0] and np.array_equal(value["a"], arr)
     assert len(tensors) == 1 and meta == {"format": "x"}
+
+
+def _plain() -> Any:
+    from hypothesis import strategies as st
+
+    scalars = (
+        st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text()
+        | st.binary(max_size=16)
+    )  # fmt: skip
+    keys = st.none() | st.booleans() | st.integers() | st.text(max_size=8)
+    return st.recursive(
+        scalars,
+        lambda inner: (
+            st.lists(inner, max_size=4)
+            | st.tuples(inner, inner)
+            | st.dictionaries(keys, inner, max_size=4)
+        ),
+        max_leaves=20,
+    )
+
+
+def test_any_plain_structure_round_trips() -> None:
+    from hypothesis import given, settings
+
+    @settings(max_examples=60, deadline=None)
+    @given(_plain())
+    def check(value: Any) -> None:
+        fd = os.memfd_create("prop", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+        try:
+            encode_result(fd, value, {})
+            seal(fd)
+            got, _, _ = decode_result(fd, limits=LIMITS, framework="numpy", max_bytes=1 << 20)
+        finally:
+            os.close(fd)
+        assert got == value and type(got) is type(value)
+
+    check()
