@@ -44,9 +44,13 @@ BENIGN = [s["file"] for s in _SAMPLES if s["label"] == "benign"]
 
 # Benign samples safeload refuses on purpose (the test then asserts a clean refusal instead).
 REFUSED_BENIGN = {
-    "plain_pickle_of_tensor.pkl": "torch.storage._load_from_bytes runs torch.load on its bytes",
-    "quantized_tensor.pt": "the pickle allowlist has no torch._utils._rebuild_qtensor yet",
     "jl_numpy_arrays.joblib": "joblib (NumpyArrayWrapper) is refused by name",
+}
+# Benign samples the pickle allowlist does not cover yet: a clean refusal is an expected failure,
+# and once the allowlist grows they must load bit-exactly like the rest.
+NOT_YET = {
+    "plain_pickle_of_tensor.pkl": "torch.storage._load_from_bytes (torch.load of embedded bytes)",
+    "quantized_tensor.pt": "torch._utils._rebuild_qtensor is not allowlisted yet",
 }
 
 # Plain pickles: the values make_corpus.py pickled (built here, never by unpickling).
@@ -162,14 +166,19 @@ def test_benign_loads_identically(
         with pytest.raises(safeload.RefusedError):
             safeload.load(path)
         pytest.xfail(REFUSED_BENIGN[fname])
-    got = safeload.load(path)
+    try:
+        got = safeload.load(path)
+    except safeload.RefusedError:
+        if fname not in NOT_YET:
+            raise
+        pytest.xfail(NOT_YET[fname])
     got_np = safeload.load(path, framework="numpy")
     monkeypatch.undo()  # the reference readers may now run, on this benign file only
     want = _reference(sample, path)
     assert_same(got, want)
     if sample["format"].startswith("torch"):
         assert _storage_groups(got) == _storage_groups(want)
-        if "complex" not in fname and "dtype_device" not in fname:
+        if "dtype_device" not in fname and "quantized" not in fname:
             assert_same(got_np, _to_numpy(want))
 
 
