@@ -33,10 +33,12 @@ from safeload.integrations._scan import (
 __all__ = [
     "SARIF_SCHEMA_URI",
     "render",
+    "render_inspect",
     "render_json",
     "render_sarif",
     "render_text",
     "rule_catalogue",
+    "sarif_document",
 ]
 
 SARIF_SCHEMA_URI = "https://json.schemastore.org/sarif-2.1.0.json"
