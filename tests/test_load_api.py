@@ -195,6 +195,12 @@ def test_unknown_input_type_is_a_usage_error() -> None:
         safeload.load("/nonexistent/model.pt")
 
 
+def test_directories_and_devices_are_not_model_files(tmp_path: Path) -> None:
+    for target in (tmp_path, Path("/dev/null")):
+        with pytest.raises(safeload.SourceError):
+            safeload.load(target)
+
+
 def test_inspect_does_not_read_tensor_data(tmp_path: Path) -> None:
     """A flipped byte inside a storage is invisible to inspect (no CRC pass over tensor data)
     but refused by load and by the scanner's full analyze."""

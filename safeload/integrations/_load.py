@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import mmap as _mmap
 import os
+import stat
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -71,7 +72,10 @@ def _read_fd(
     of the stored zip members it covers (the central directory is read first, from the end of
     the file), so the CRC check costs almost nothing on top of the read itself.
     """
-    size = os.fstat(fd).st_size
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        raise SourceError(f"{name or 'input'} is not a regular file", path=name, rule="source.file")
+    size = st.st_size
     if size > limits.max_file_bytes:
         from safeload.errors import LimitExceededError
 
@@ -114,7 +118,12 @@ def _read_fd(
 def _fill(fd: int, view: memoryview, start: int, end: int, name: str) -> None:
     got = start
     while got < end:
-        n = os.preadv(fd, [view[got:end]], got)
+        try:
+            n = os.preadv(fd, [view[got:end]], got)
+        except OSError as exc:
+            raise SourceError(
+                "cannot read file", path=name, rule="source.read", detail=str(exc)
+            ) from None
         if n == 0:
             raise SourceError("file shrank while being read", path=name, rule="source.read")
         got += n
