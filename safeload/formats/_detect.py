@@ -134,7 +134,7 @@ def _is_safetensors(data: memoryview) -> bool:
 
 
 def _is_pickle(data: memoryview) -> bool:
-    if len(data) >= 2 and data[0] == 0x80 and 2 <= data[1] <= 5:
+    if len(data) >= 2 and data[0] == 0x80 and data[1] <= 5:
         return True
     if not data or data[0] not in _P0_FIRST:
         return False
@@ -158,8 +158,9 @@ def _detect_pickle(data: memoryview, head: bytes) -> tuple[Format, str]:
     window = bytes(data[: 1 << 20])
     if b"joblib.numpy_pickle" in window or b"NumpyArrayWrapper" in window:
         return Format.JOBLIB, "pickle naming joblib's NumpyArrayWrapper"
-    proto = head[1] if head[0] == 0x80 else 0
-    return Format.PICKLE, f"pickle protocol {proto}" if proto else "pickle protocol 0/1 (no PROTO)"
+    if head[0] == 0x80:
+        return Format.PICKLE, f"pickle protocol {head[1]}"
+    return Format.PICKLE, "pickle protocol 0/1 (no PROTO)"
 
 
 def _detect_tar(data: memoryview) -> tuple[Format, str]:
