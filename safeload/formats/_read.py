@@ -21,6 +21,7 @@ from safeload.errors import (
     LimitExceededError,
     SafeloadError,
     UnsupportedFormatError,
+    UsageError,
 )
 from safeload.formats._detect import Detection, Format, _detect_raw, unwrap
 from safeload.formats._dtypes import lookup
@@ -377,9 +378,24 @@ def read(
     filled (see ``_zip.StreamingCrc``); zip members whose exact range matches skip a second pass.
     """
     if framework not in ("torch", "numpy"):
-        raise SafeloadError(f"unknown framework {framework!r}", rule="formats.framework")
+        raise UsageError(f"unknown framework {framework!r}", rule="formats.framework")
     limits = limits or Limits()
     parsed = _parse(data, name=name, limits=limits, known_crcs=known_crcs)
+    try:
+        return _build(parsed, limits=limits, name=name, framework=framework)
+    except SafeloadError:
+        raise
+    except Exception as exc:  # every view was checked; anything else is still a refusal
+        logger.debug("materialising %s failed", name, exc_info=True)
+        raise FormatError(
+            "tensors could not be built from this file",
+            path=name or None,
+            rule="formats.malformed",
+            detail=f"{type(exc).__name__}: {exc}"[:300],
+        ) from exc
+
+
+def _build(parsed: _Parsed, *, limits: Limits, name: str, framework: Framework) -> ReadResult:
     if parsed.format in (Format.NUMPY, Format.NPZ):
         table = _numpy_table(parsed, limits, name, check_data=False)
         if parsed.format is Format.NUMPY:
