@@ -357,3 +357,27 @@ def test_spare_with_another_environment_is_not_used(monkeypatch: pytest.MonkeyPa
         assert attempt("attempt_signal_self")["blocked"] is False
     finally:
         prewarm(False)
+
+
+def test_symlinked_input_is_refused_with_the_reason(tmp_path: Path) -> None:
+    from safeload.errors import SourceError
+
+    real = tmp_path / "real.bin"
+    real.write_bytes(b"x")
+    link = tmp_path / "link.bin"
+    link.symlink_to(real)
+    with pytest.raises(SourceError) as info:
+        run_in_sandbox("probe", [link], limits=LIMITS)
+    assert "safeload.source" in (info.value.detail or "")
+
+
+def test_ignored_sigchld_fails_closed() -> None:
+    import signal
+
+    previous = signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+    try:
+        with pytest.raises(SandboxError) as info:
+            run_in_sandbox("probe", [], limits=LIMITS)
+    finally:
+        signal.signal(signal.SIGCHLD, previous)
+    assert info.value.rule == "sandbox.crash"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import errno
 import json
 import logging
 import math
@@ -96,8 +97,10 @@ def _open_inputs(inputs: Sequence[Path], limits: Limits) -> tuple[list[int], int
             try:
                 fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
             except OSError as exc:
+                why = ("a symbolic link: resolve it through safeload.source, which decides "
+                       "which links to follow" if exc.errno == errno.ELOOP else None)  # fmt: skip
                 raise SourceError(f"cannot open sandbox input: {exc.strerror}", path=str(path),
-                                  rule="sandbox.inputs") from exc  # fmt: skip
+                                  rule="sandbox.inputs", detail=why) from exc  # fmt: skip
             fds.append(fd)
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
@@ -209,7 +212,14 @@ class _Worker:
         if timed_out:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.pid, signal.SIGKILL)
-        _, status, usage = os.wait4(self.pid, 0)
+        try:
+            _, status, usage = os.wait4(self.pid, 0)
+        except ChildProcessError as exc:  # SIGCHLD ignored: the exit status is lost; fail closed
+            raise SandboxError(
+                "cannot collect the sandbox worker's exit status",
+                rule="sandbox.crash",
+                detail="is SIGCHLD set to SIG_IGN in this process?",
+            ) from exc
         return status, usage, timed_out
 
     def discard(self) -> None:
@@ -296,7 +306,10 @@ def _raise_for_status(status: int, usage: Any, timed_out: bool, plan: RlimitPlan
                 rule="sandbox.max_output_bytes",
                 detail="stopped by the rlimits layer (RLIMIT_FSIZE)",
             )
-        name = signal.Signals(sig).name
+        try:
+            name = signal.Signals(sig).name
+        except ValueError:
+            name = f"signal {sig}"
         if sig == signal.SIGSYS:
             detail = "killed by the seccomp layer (wrong architecture or ABI)"
         raise SandboxError(f"the sandbox worker was killed by {name}", rule="sandbox.crash",
