@@ -381,3 +381,21 @@ def test_ignored_sigchld_fails_closed() -> None:
     finally:
         signal.signal(signal.SIGCHLD, previous)
     assert info.value.rule == "sandbox.crash"
+
+
+def test_seccomp_allowlist_never_names_a_dangerous_call() -> None:
+    from safeload.sandbox import _seccomp
+
+    dangerous = {"execve", "execveat", "socket", "connect", "bind", "ptrace", "mount", "umount2",
+                 "unshare", "setns", "pivot_root", "chroot", "fork", "vfork", "clone", "clone3",
+                 "kill", "tkill", "tgkill", "process_vm_readv", "process_vm_writev", "bpf",
+                 "init_module", "keyctl", "ioctl", "prctl", "userfaultfd"}  # fmt: skip
+    assert dangerous.isdisjoint(_seccomp._ALLOWED)
+    for machine, (_token, table) in _seccomp.ARCHES.items():
+        missing = {n for n in _seccomp._ALLOWED if n not in table}
+        # aarch64 has no legacy calls (open, stat, fork...); x86_64 must know every name.
+        assert not missing if machine == "x86_64" else missing <= {
+            "stat", "lstat", "open", "access", "dup2", "mkdir", "unlink", "rename", "rmdir",
+            "readlink", "poll", "arch_prctl"}  # fmt: skip
+        program = _seccomp.build_filter(machine, 1234)
+        assert len(program) % 8 == 0 and len(program) // 8 < 4096
