@@ -399,3 +399,13 @@ def test_seccomp_allowlist_never_names_a_dangerous_call() -> None:
             "readlink", "poll", "arch_prctl"}  # fmt: skip
         program = _seccomp.build_filter(machine, 1234)
         assert len(program) % 8 == 0 and len(program) // 8 < 4096
+
+
+def test_fifo_input_is_refused_without_hanging(tmp_path: Path) -> None:
+    from safeload.errors import SourceError
+
+    fifo = tmp_path / "model.pt"
+    os.mkfifo(fifo)
+    with pytest.raises(SourceError) as info:
+        run_in_sandbox("probe", [fifo], limits=LIMITS)
+    assert "regular file" in info.value.message

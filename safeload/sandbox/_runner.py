@@ -70,12 +70,9 @@ class SandboxResult:
     """Wall time from spawn to a validated result."""
 
 
-def _memfd(name: str, data: bytes = b"", *, sealable: bool = False) -> int:
+def _memfd(name: str, *, sealable: bool = False) -> int:
     flags = os.MFD_CLOEXEC | (os.MFD_ALLOW_SEALING if sealable else 0)
-    fd = os.memfd_create(f"safeload-{name}", flags)
-    if data:
-        os.write(fd, data)
-    return fd
+    return os.memfd_create(f"safeload-{name}", flags)
 
 
 def _read_fd(fd: int, limit: int) -> bytes:
@@ -95,7 +92,8 @@ def _open_inputs(inputs: Sequence[Path], limits: Limits) -> tuple[list[int], int
     try:
         for path in inputs:
             try:
-                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+                # O_NONBLOCK: a FIFO planted as "model.pt" must not hang us in open().
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
             except OSError as exc:
                 why = ("a symbolic link: resolve it through safeload.source, which decides "
                        "which links to follow" if exc.errno == errno.ELOOP else None)  # fmt: skip
