@@ -36,6 +36,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 CORPUS_SCRIPT = REPO.parent / "shared" / "corpus" / "make_corpus.py"
 _MiB = 1 << 20
+# Tools run in a throw-away folder: some (fickling) drop result files into their working directory.
+_TOOL_CWD = tempfile.mkdtemp(prefix="safeload-bench-tools-")
 _ENV = {
     **os.environ,
     "NO_COLOR": "1",
@@ -102,7 +104,9 @@ def tools(venv: Path) -> list[Tool]:
 def run(cmd: list[str], timeout: float = 900) -> tuple[int, float]:
     started = time.perf_counter()
     try:
-        proc = subprocess.run(cmd, capture_output=True, env=_ENV, timeout=timeout, check=False)
+        proc = subprocess.run(
+            cmd, capture_output=True, env=_ENV, timeout=timeout, check=False, cwd=_TOOL_CWD
+        )
     except subprocess.TimeoutExpired:
         return -9, time.perf_counter() - started
     return proc.returncode, time.perf_counter() - started
