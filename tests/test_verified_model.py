@@ -30,11 +30,13 @@ def signed(tmp_path: Path) -> tuple[Path, KeySigner, dict[str, np.ndarray]]:
 
 
 def _load(vf: safeload.VerifiedFile) -> dict[str, np.ndarray]:
-    """Load through safeload.load, which reads a verified file through its .buffer()."""
+    """Load through safeload.load, which takes a verified file's bytes over (no re-open)."""
+    reference = st_load(bytes(vf.buffer()))
     result = safeload.load(vf, framework="numpy")
     loaded = {k: np.asarray(v) for k, v in dict(result).items()}
-    reference = st_load(bytes(vf.buffer()))
     assert loaded.keys() == reference.keys()
+    for k, v in reference.items():
+        np.testing.assert_array_equal(loaded[k], v)
     return loaded
 
 
@@ -137,3 +139,59 @@ def test_file_shrinking_while_hashed_is_refused(tmp_path: Path) -> None:
     with pytest.raises(safeload.SourceError, match="shrank"):
         safeload.verify(root, signers=[KeySigner(public_key=str(pub))], progress=shrink,
                         workers=1)
+
+
+def _address(view: memoryview) -> int:
+    return int(np.frombuffer(view, np.uint8).ctypes.data)
+
+
+def test_torch_load_uses_the_verified_memory_without_copying(
+        signed: tuple[Path, KeySigner, dict[str, np.ndarray]]) -> None:
+    torch = pytest.importorskip("torch")
+    root, signer, tensors = signed
+    vf = safeload.verify(root, signers=[signer]).files["x.safetensors"]
+    start = _address(vf.buffer())
+    loaded = safeload.load(vf, framework="torch")
+    w = loaded["w"]
+    assert start <= w.data_ptr() < start + vf.size  # a view of the verified memory
+    np.testing.assert_array_equal(w.numpy(), tensors["w"])
+    w.add_(1)  # writable, like torch.load's tensors
+    assert float(w[0, 0]) == 1.0
+    assert isinstance(w, torch.Tensor)
+
+
+def test_bytes_are_handed_over_once(
+        signed: tuple[Path, KeySigner, dict[str, np.ndarray]]) -> None:
+    root, signer, _ = signed
+    vf = safeload.verify(root, signers=[signer]).files["x.safetensors"]
+    safeload.load(vf, framework="numpy")
+    # The loaded arrays own the memory now and may change it: it is no longer "verified".
+    with pytest.raises(safeload.UsageError, match="handed over") as info:
+        safeload.load(vf, framework="numpy")
+    assert info.value.rule == "verify.bytes_taken"
+    with pytest.raises(safeload.UsageError, match="handed over"):
+        vf.buffer()
+
+
+def test_inspect_does_not_take_the_bytes(
+        signed: tuple[Path, KeySigner, dict[str, np.ndarray]]) -> None:
+    root, signer, tensors = signed
+    vf = safeload.verify(root, signers=[signer]).files["x.safetensors"]
+    info = safeload.inspect(vf)
+    assert {t.name for t in info.tensors} == set(tensors)
+    np.testing.assert_array_equal(_load(vf)["w"], tensors["w"])
+
+
+def test_unsafe_mmap_load_stays_read_only_memory(
+        signed: tuple[Path, KeySigner, dict[str, np.ndarray]]) -> None:
+    pytest.importorskip("torch")
+    root, signer, tensors = signed
+    settings = TrustSettings(signers=(signer,), allow_unsafe_mmap=True)
+    vf = safeload.verify(root, policy=settings, unsafe_mmap=True, keep_bytes=False)[
+        "x.safetensors"]
+    before = bytes(vf.buffer())
+    loaded = safeload.load(vf, framework="torch")
+    loaded["w"].add_(1)  # a private copy: the mapped file is never written through
+    assert bytes(vf.buffer()) == before
+    assert (root / "x.safetensors").read_bytes() == before
+    np.testing.assert_array_equal(safeload.load(vf, framework="numpy")["w"], tensors["w"])

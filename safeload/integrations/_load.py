@@ -136,9 +136,13 @@ def _buffer_of(f: object, *, use_mmap: bool, limits: Limits) -> tuple[memoryview
 
 
 def _bytes_of(
-    f: object, *, use_mmap: bool, limits: Limits
+    f: object, *, use_mmap: bool, limits: Limits, take: bool = False
 ) -> tuple[memoryview, str, dict[tuple[int, int], int]]:
     name = _name_of(f)
+    take_fn = getattr(f, "take_buffer", None) if take else None
+    if take_fn is not None and callable(take_fn):
+        # A VerifiedFile handing its private copy over: tensors become views of it, no copy.
+        return memoryview(take_fn()).cast("B"), name, {}
     buffer_fn = getattr(f, "buffer", None)
     if buffer_fn is not None and callable(buffer_fn):
         # A VerifiedFile: exactly the hashed bytes.
@@ -289,7 +293,7 @@ def load(
 
     gate = policy_gate(policy, limits, source=f, registered_globals=get_safe_globals())
     limits = gate.limits
-    data, name, crcs = _bytes_of(f, use_mmap=bool(mmap), limits=limits)
+    data, name, crcs = _bytes_of(f, use_mmap=bool(mmap), limits=limits, take=True)
     result = _read_buffer(data, name=name, limits=limits, framework=framework, known_crcs=crcs)
     if gate.configured:
         shapes = [t.shape for t in result.tensors]

@@ -92,6 +92,8 @@ class FileResult:
     size: int
     resources: tuple[Resource, ...]
     data: memoryview | None
+    owner: mmap.mmap | None = None
+    """The private anonymous memory behind ``data`` (``keep="copy"`` only), writable."""
 
 
 class _Open:
@@ -112,8 +114,7 @@ class _Open:
             self.size = st.st_size
             self.buffer: mmap.mmap | None = None
             if keep == "copy" and self.size:
-                # Anonymous, private memory: nothing outside this process can change it.
-                self.buffer = mmap.mmap(-1, self.size)
+                self.buffer = _private_memory(self.size)
             elif keep == "mmap" and self.size:
                 self.buffer = mmap.mmap(self.fd, self.size, access=mmap.ACCESS_READ)
         except BaseException:
@@ -150,18 +151,26 @@ def _scratch() -> memoryview:
     return buf
 
 
-_MADV_POPULATE_WRITE = getattr(mmap, "MADV_POPULATE_WRITE", 23)
+def _private_memory(size: int) -> mmap.mmap:
+    """Anonymous, private memory for one file's bytes: nothing outside this process can change it.
 
-
-def _prefault(buffer: mmap.mmap, start: int, end: int) -> None:
-    """Allocate this range's pages in one call (Linux >= 5.14), on the worker's own core.
-
-    Faulting 4 KiB pages one by one during ``preadv`` costs more than the copy itself; this is
-    only a speed-up, so a kernel without MADV_POPULATE_WRITE simply skips it.
+    Filling fresh memory costs a page fault per 4 KiB page, which measured as much as the hash
+    itself (verify+load ~2x hash-only). Asking for transparent huge pages (THP is in
+    ``madvise`` mode on common distributions) cuts the faults 512-fold and the worker threads
+    take them as they read, spread over the cores. Pre-faulting instead (``MAP_POPULATE`` or
+    ``MADV_POPULATE_WRITE``) measured slower than not pre-faulting at all, and pre-faulting huge
+    pages slowest (see benchmarks/README.md). It is only a speed-up: without THP it is ignored.
     """
-    aligned = start - start % mmap.PAGESIZE
-    with contextlib.suppress(OSError, ValueError):
-        buffer.madvise(_MADV_POPULATE_WRITE, aligned, end - aligned)
+    buf = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS,
+                    prot=mmap.PROT_READ | mmap.PROT_WRITE)
+    advice = getattr(mmap, "MADV_HUGEPAGE", None)
+    if advice is not None and size >= _HUGE_PAGE:
+        with contextlib.suppress(OSError):
+            buf.madvise(advice)
+    return buf
+
+
+_HUGE_PAGE = 2 << 20
 
 
 def _hash_range(f: _Open, start: int, end: int, hasher: _Hasher, progress: _Progress) -> None:
@@ -172,8 +181,6 @@ def _hash_range(f: _Open, start: int, end: int, hasher: _Hasher, progress: _Prog
             hasher.update(view[off:min(off + _CHUNK, end)])
             progress.add(min(off + _CHUNK, end) - off)
         return
-    if f.buffer is not None and end > start:
-        _prefault(f.buffer, start, end)
     off = start
     while off < end:
         want = min(_CHUNK, end - off)
@@ -261,7 +268,9 @@ def _run(opened: list[_Open], ser: Serialization, workers: int | None,
         if data is None and f.keep != "none":
             data = memoryview(b"")
         resources = tuple(sorted(per_file.get(i, []), key=lambda r: _start_of(r.name, ser)))
-        out[f.entry.name] = FileResult(f.entry.name, str(f.entry.path), f.size, resources, data)
+        owner = f.buffer if f.keep == "copy" else None
+        out[f.entry.name] = FileResult(f.entry.name, str(f.entry.path), f.size, resources, data,
+                                       owner)
     return out
 
 

@@ -1,14 +1,21 @@
 """The result of a successful verification: the model's files as the bytes that were hashed.
 
 Everything downstream loads from here instead of re-opening paths. In the default mode each
-``VerifiedFile.data`` is private anonymous memory filled by the same read that fed the hash,
+``VerifiedFile`` holds private anonymous memory filled by the same read that fed the hash,
 so renaming a new file over the original, or writing into it in place, after ``verify``
 returns cannot change what gets loaded. ``safeload.load`` accepts a ``VerifiedFile``
 directly: it only needs ``.buffer() -> memoryview`` and ``.path``.
+
+Loading hands that memory over instead of copying it (``take_buffer``): torch tensors must be
+writable, and a second private copy per load measured as expensive as the verification
+itself. Ownership moves exactly once; afterwards the file refuses to give out bytes, because
+the new owner may have written into them and they are no longer the verified bytes.
 """
 
 from __future__ import annotations
 
+import mmap
+import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,6 +24,32 @@ from safeload.errors import UsageError
 from safeload.signing._manifest import Serialization
 
 __all__ = ["VerifiedFile", "VerifiedModel"]
+
+
+class _Owned:
+    """The one writable handle on a verified file's private memory, given away at most once."""
+
+    __slots__ = ("_lock", "_memory", "taken")
+
+    def __init__(self, memory: mmap.mmap) -> None:
+        self._memory = memory
+        self._lock = threading.Lock()
+        self.taken = False
+
+    def take(self, name: str) -> memoryview:
+        with self._lock:
+            if self.taken:
+                raise _handed_over(name)
+            self.taken = True
+            return memoryview(self._memory)
+
+
+def _handed_over(name: str) -> UsageError:
+    return UsageError(
+        "verified bytes were already handed over to a load", path=name,
+        rule="verify.bytes_taken",
+        detail="the loaded tensors own (and may have changed) them; verify again to load again",
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,8 +63,11 @@ class VerifiedFile:
     digest: str
     """``<algorithm>:<hex>``; for ``shards`` signatures, SHA-256 over the shard digests."""
     data: memoryview | None = field(default=None, repr=False, compare=False)
-    """Read-only view of the verified bytes; ``None`` when verify ran with keep_bytes=False."""
+    """Read-only view of the verified bytes (until a load takes them over); ``None`` when
+    verify ran with keep_bytes=False."""
     size: int = 0
+    owned: _Owned | None = field(default=None, repr=False, compare=False)
+    """The private memory behind ``data``, when verify kept a copy (not with unsafe_mmap)."""
 
     def buffer(self) -> memoryview:
         """The verified bytes (read-only). Loading from this is loading what was verified."""
@@ -40,7 +76,21 @@ class VerifiedFile:
                 "verified bytes were not kept", path=self.name,
                 detail="call safeload.verify(..., keep_bytes=True) to load what was verified",
             )
+        if self.owned is not None and self.owned.taken:
+            raise _handed_over(self.name)
         return self.data
+
+    def take_buffer(self) -> memoryview:
+        """The verified bytes for a loader to own: writable, no copy; works once.
+
+        What ``safeload.load`` uses, so tensors are views of the verified memory. Views from
+        :meth:`buffer` taken earlier share that memory and see any later writes to the tensors.
+        With ``unsafe_mmap`` the bytes are the mapped file and stay read-only.
+        """
+        data = self.buffer()
+        if self.owned is None:
+            return data
+        return self.owned.take(self.name)
 
 
 @dataclass(frozen=True, slots=True)

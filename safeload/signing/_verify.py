@@ -30,7 +30,7 @@ from safeload.signing._hashing import FileResult, Keep, Progress, hash_entries, 
 from safeload.signing._key import load_public_key, verify_key
 from safeload.signing._manifest import Manifest, parse_statement, split_shard_name
 from safeload.signing._trust import TrustSettings, settings_from_policy
-from safeload.signing._verified import VerifiedFile, VerifiedModel
+from safeload.signing._verified import VerifiedFile, VerifiedModel, _Owned
 from safeload.source import ModelEntry, list_model_files, path_matcher, resolve_hf_ref
 
 __all__ = ["relative_ignore_paths", "verify", "verify_signature_file"]
@@ -258,7 +258,8 @@ def verify(
         raise VerificationError("file content does not match the signature", path=str(root),
                                 rule="oms.digest", detail="changed: " + ", ".join(files))
     verified_files = {
-        name: VerifiedFile(name, fr.path, _file_digest(fr, manifest), fr.data, fr.size)
+        name: VerifiedFile(name, fr.path, _file_digest(fr, manifest), fr.data, fr.size,
+                           None if fr.owner is None else _Owned(fr.owner))
         for name, fr in sorted(results.items())}
     model = VerifiedModel(
         root=str(root), files=MappingProxyType(verified_files), signers=who,
