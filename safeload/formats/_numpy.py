@@ -101,11 +101,21 @@ def parse_npy(
         raise LimitExceededError(
             f".npy array has {len(shape)} dimensions", path=path, rule="limits.max_tensor_dims"
         )
-    if math.prod(shape) > limits.max_tensor_elements:
-        raise LimitExceededError(
-            f".npy array claims {math.prod(shape)} elements",
+    # numpy's header reader accepts any int, bool included: (-1, -4) "holds" 4 elements.
+    if not all(type(d) is int and d >= 0 for d in shape):
+        raise FormatError(
+            ".npy shape must hold non-negative ints",
+            path=path,
+            rule="numpy.header",
+            detail=repr(shape)[:200],
+        )
+    # An empty array's other dims still become strides: (0, 10**30) cannot be built.
+    if math.prod(d for d in shape if d) > limits.max_tensor_elements:
+        raise LimitExceededError(  # the product is not printed: it may have 10**5 digits
+            ".npy shape claims more elements than allowed",
             path=path,
             rule="limits.max_tensor_elements",
+            detail=f"limit is {limits.max_tensor_elements}",
         )
     header = NpyHeader(dtype, tuple(shape), bool(fortran), start + hlen)
     if size - header.data_offset != header.nbytes:

@@ -45,6 +45,10 @@ _ENCODINGS = ("ascii", "latin1", "utf-8", "bytes")
 _ADVICE = "nothing a file names is imported; allowlist your own data classes, with a reason"
 _DECIMAL = re.compile(rb"[+-]?[0-9]+")
 _FLOAT_CHARS = re.compile(rb"[-+.0-9eEinfatyINFATY]{1,64}")  # a charset, so no backtracking
+_MAX_INT_DIGITS = 4300
+"""CPython's default ``int_max_str_digits``, fixed here whatever the interpreter's setting, so
+every int the VM hands out can be printed, formatted into a tensor name or written as JSON."""
+_MAX_LONG_BYTES = _MAX_INT_DIGITS * 100 // 241  # 256**n < 10**4300 (log10(256) > 2.408)
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,6 +167,8 @@ class _Machine:
     def decimal(self, raw: bytes) -> int:
         if not _DECIMAL.fullmatch(raw):
             self.bad(f"malformed integer {raw[:40]!r}")
+        if len(raw) > _MAX_INT_DIGITS + 1:  # the interpreter's own limit may be off (0)
+            self.bad("integer literal too long", detail=f"over {_MAX_INT_DIGITS} digits")
         try:
             return int(raw)
         except ValueError as exc:  # longer than sys.get_int_max_str_digits
@@ -429,6 +435,11 @@ def _float(m: _Machine) -> None:
 
 
 def _long_n(m: _Machine, n: int) -> None:
+    """A binary int is refused past what ``str()`` can print: downstream names, reports and the
+    sandbox's JSON skeleton all format ints, and a 4 GiB LONG4 would make each one raise."""
+    if n > _MAX_LONG_BYTES:
+        m.budget.charge(n)  # over the alloc limit too? that limit is the one to name
+        m.bad(f"a {n}-byte integer", detail=f"ints are limited to {_MAX_INT_DIGITS} digits")
     m.push(int.from_bytes(m.blob(n), "little", signed=True))
 
 

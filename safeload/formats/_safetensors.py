@@ -68,7 +68,8 @@ def parse_safetensors(data: memoryview, *, limits: Limits, name: str = "") -> Sa
         raise bad("header is not valid JSON", str(exc)) from None
     if type(header) is not dict:
         raise bad("header is not a JSON object")
-    metadata = header.pop("__metadata__", None) or {}
+    metadata = header.pop("__metadata__", None)  # absent or null; never [], false or ""
+    metadata = {} if metadata is None else metadata
     if type(metadata) is not dict or not all(
         type(k) is str and type(v) is str for k, v in metadata.items()
     ):
@@ -105,11 +106,14 @@ def parse_safetensors(data: memoryview, *, limits: Limits, name: str = "") -> Sa
         begin, end = offsets
         dt = lookup(SAFETENSORS_DTYPES[st_dtype])
         numel = math.prod(shape)
-        if numel > limits.max_tensor_elements:
-            raise LimitExceededError(
-                f"tensor {key!r} claims {numel} elements",
+        # An empty tensor's other dims still become strides: [0, 10**30] has no elements but
+        # no framework can build it, so the nonzero dims are held to the element limit too.
+        if math.prod(d for d in shape if d) > limits.max_tensor_elements:
+            raise LimitExceededError(  # the product is not printed: it may have 10**5 digits
+                f"tensor {key!r} shape claims more elements than allowed",
                 path=path,
                 rule="limits.max_tensor_elements",
+                detail=f"limit is {limits.max_tensor_elements}",
             )
         if not 0 <= begin <= end <= data_len or end - begin != numel * dt.itemsize:
             raise bad(

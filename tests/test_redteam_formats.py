@@ -1,0 +1,144 @@
+"""Red-team findings in the container readers and the pickle VM, each with the fix it forced.
+
+Every payload is built byte by byte (``_pickle_asm`` for pickles, hand-written headers for
+safetensors and ``.npy``); nothing is ever unpickled. Each test states the weakness it pins.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import struct
+import tracemalloc
+
+import pytest
+from _pickle_asm import asm
+
+from safeload import FormatError, LimitExceededError, Limits, SafeloadError
+from safeload.formats import analyze, read
+from safeload.formats._pickle_vm import run_pickle
+
+LIMITS = Limits()
+
+
+def _st(header: dict[str, object] | bytes, data: bytes = b"") -> bytes:
+    raw = header if isinstance(header, bytes) else json.dumps(header).encode()
+    return struct.pack("<Q", len(raw)) + raw + data
+
+
+def _npy(header: str, data: bytes = b"") -> bytes:
+    h = header.encode()
+    h += b" " * (64 - (10 + len(h) + 1) % 64) + b"\n"
+    return b"\x93NUMPY\x01\x00" + struct.pack("<H", len(h)) + h + data
+
+
+_ONE = {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}
+
+
+# --- ints the rest of the program cannot print ------------------------------------------------
+@pytest.mark.parametrize("fn", [analyze, read])
+def test_binary_long_past_printable_digits_is_refused_in_the_vm(fn: object) -> None:
+    """A LONG4 int of 10**5000 sailed through the VM; ``analyze`` then raised a bare
+    ``ValueError`` formatting it into a tensor name (int_max_str_digits). Refused at the
+    opcode now, so nothing downstream ever holds an unprintable int."""
+    data = asm([("PROTO", 2), "EMPTY_DICT", ("LONG4", 10**5000), "NONE", "SETITEM", "STOP"])
+    with pytest.raises(FormatError, match="integer"):
+        fn(data)  # type: ignore[operator]
+
+
+def test_largest_printable_binary_long_still_reads() -> None:
+    v = -(10**4290)
+    value, _ = run_pickle(asm([("PROTO", 2), ("LONG4", v), "STOP"]), limits=LIMITS)
+    assert value == v
+    assert len(str(value)) <= 4300
+
+
+def test_decimal_long_is_capped_whatever_the_interpreter_allows() -> None:
+    """``sys.set_int_max_str_digits(0)`` in the host must not turn a 4 GiB ``L`` line into a
+    quadratic parse: the VM has its own cap."""
+    import sys
+
+    old = sys.get_int_max_str_digits()
+    sys.set_int_max_str_digits(0)
+    try:
+        with pytest.raises(FormatError, match="too long"):
+            run_pickle(b"L" + b"9" * 5000 + b"L\n.", limits=LIMITS)
+    finally:
+        sys.set_int_max_str_digits(old)
+
+
+# --- safetensors header -----------------------------------------------------------------------
+@pytest.mark.parametrize("meta", [[], False, "", 0])
+def test_safetensors_metadata_must_be_an_object_or_null(meta: object) -> None:
+    """``header.pop("__metadata__") or {}`` turned ``[]``/``false``/``""``/``0`` into "no
+    metadata": a file the safetensors library refuses was accepted (a parser differential)."""
+    with pytest.raises(FormatError, match="__metadata__"):
+        analyze(_st({"__metadata__": meta, "a": _ONE}, b"\0" * 4))
+
+
+def test_safetensors_null_metadata_is_still_no_metadata() -> None:
+    assert analyze(_st({"__metadata__": None, "a": _ONE}, b"\0" * 4)).tensors[0].name == "a"
+
+
+@pytest.mark.parametrize("dims", [[0, 10**4000], [0, 2**64 + 1], [0, 2**40, 2**40]])
+def test_safetensors_empty_tensor_with_unbuildable_dims_is_refused_by_analyze(
+    dims: list[int],
+) -> None:
+    """Zero elements passed every check, so ``analyze``/``scan`` said clean while ``read``
+    failed building strides no framework can hold: the scan must refuse what load refuses."""
+    raw = b'{"a": {"dtype": "F32", "shape": %s, "data_offsets": [0, 0]}}' % (
+        json.dumps(dims).encode()
+    )
+    with pytest.raises(LimitExceededError):
+        analyze(_st(raw))
+    with pytest.raises(LimitExceededError):
+        read(_st(raw), framework="numpy")
+
+
+def test_safetensors_ordinary_empty_tensor_still_reads() -> None:
+    out = read(_st({"a": {"dtype": "F32", "shape": [0, 3], "data_offsets": [0, 0]}}))
+    assert tuple(out.value["a"].shape) == (0, 3)
+
+
+# --- .npy header ------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("shape", "data"),
+    [("(-1, -4)", b"\0" * 16), ("(True,)", b"\0" * 4), (f"(0, {10**30})", b"")],
+)
+def test_npy_shapes_numpy_cannot_build_are_refused_by_analyze(shape: str, data: bytes) -> None:
+    """numpy's header reader takes any int: ``(-1, -4)`` "holds" 4 elements, so the size
+    check passed and ``analyze`` said clean; only ``np.ndarray`` later refused it."""
+    blob = _npy(f"{{'descr': '<f4', 'fortran_order': False, 'shape': {shape}, }}", data)
+    with pytest.raises(SafeloadError, match="shape"):
+        analyze(blob)
+
+
+def test_npy_empty_fortran_array_still_reads() -> None:
+    blob = _npy("{'descr': '<f4', 'fortran_order': True, 'shape': (2, 3, 0), }")
+    assert read(blob).value.shape == (2, 3, 0)
+
+
+# --- tensor names built from attacker keys ----------------------------------------------------
+@pytest.mark.xfail(
+    strict=True,
+    reason="_materialize.iter_specs builds every full dotted name eagerly; owner must bound it",
+)
+def test_tensor_names_cannot_amplify_a_shared_key_into_gigabytes() -> None:
+    """One 100 kB string used as the key at 200 nesting levels (memo references cost 2 bytes)
+    makes every dotted name 20 MB; ``iter_specs`` materialises one per child, so a 1 MB file
+    costs gigabytes. Fix: cap each name (e.g. 256 chars with a hash suffix) or build it only
+    for tensors, from a parent pointer, when yielded."""
+    ops: list[object] = [("PROTO", 4), ("BINUNICODE8", "k" * 100_000), ("BINPUT", 0), "POP"]
+    ops += ["EMPTY_DICT", "MARK"] + [x for i in range(8) for x in (("BININT1", i), "NONE")]
+    ops += ["SETITEMS"]
+    for _ in range(200):
+        ops += [("BINPUT", 1), "POP", "EMPTY_DICT", ("BINGET", 0), ("BINGET", 1), "SETITEM"]
+    data = asm([*ops, "STOP"])
+    tracemalloc.start()
+    try:
+        with contextlib.suppress(SafeloadError):  # refusing it is a fine fix too
+            analyze(data)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 64 * len(data), f"{peak} bytes traced for a {len(data)}-byte file"
