@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 import safeload
+from safeload.policy import FormatsPolicy
 
 torch = pytest.importorskip("torch")
 
@@ -48,10 +49,12 @@ REFUSED_BENIGN = {
 }
 # Benign samples the pickle allowlist does not cover yet: a clean refusal is an expected failure,
 # and once the allowlist grows they must load bit-exactly like the rest.
-NOT_YET = {
-    "plain_pickle_of_tensor.pkl": "torch.storage._load_from_bytes (torch.load of embedded bytes)",
-    "quantized_tensor.pt": "torch._utils._rebuild_qtensor is not allowlisted yet",
-}
+NOT_YET: dict[str, str] = {}
+
+# Raw pickles are not in the default policy's formats.allowed: benign ones are loaded under an
+# explicit policy that adds "pickle" (the default's refusal is tested below).
+ALLOW_PICKLE = safeload.Policy(formats=FormatsPolicy(allowed=(*FormatsPolicy().allowed, "pickle")))
+_RAW_PICKLE_FORMATS = ("raw_pickle", "joblib (zlib)")
 
 # Plain pickles: the values make_corpus.py pickled (built here, never by unpickling).
 _PLAIN = {
@@ -74,6 +77,7 @@ PLAIN_EXPECTED: dict[str, Any] = {
 BUILT_EXPECTED: dict[str, Any] = {
     "torch_save_proto4.pt": lambda: _MAKE.small_sd(),  # torch rejects protocol 4's FRAME
     "numpy_in_torch.pt": lambda: {"np": np.arange(5, dtype=np.float32), "w": torch.ones(2)},
+    "plain_pickle_of_tensor.pkl": lambda: {"t": torch.arange(4.0)},  # what make_corpus pickled
 }
 
 
@@ -162,17 +166,18 @@ def test_benign_loads_identically(
     corpus: Any, fname: str, no_torch_load: None, monkeypatch: pytest.MonkeyPatch, assert_same: Any
 ) -> None:
     sample, path = _entry(corpus, fname)
+    policy = ALLOW_PICKLE if sample["format"] in _RAW_PICKLE_FORMATS else None
     if fname in REFUSED_BENIGN:
         with pytest.raises(safeload.RefusedError):
-            safeload.load(path)
+            safeload.load(path, policy=ALLOW_PICKLE)
         pytest.xfail(REFUSED_BENIGN[fname])
     try:
-        got = safeload.load(path)
+        got = safeload.load(path, policy=policy)
     except safeload.RefusedError:
         if fname not in NOT_YET:
             raise
         pytest.xfail(NOT_YET[fname])
-    got_np = safeload.load(path, framework="numpy")
+    got_np = safeload.load(path, framework="numpy", policy=policy)
     monkeypatch.undo()  # the reference readers may now run, on this benign file only
     want = _reference(sample, path)
     assert_same(got, want)
@@ -187,3 +192,12 @@ def test_corpus_covers_every_family(corpus: Any) -> None:
     built = {s["file"] for s in corpus.manifest}
     optional = {s["file"] for s in _SAMPLES if "joblib" in s["format"]}
     assert set(MALICIOUS + BENIGN) - built <= optional
+
+
+@pytest.mark.parametrize("fname", [f for f in BENIGN if f.endswith(".pkl")])
+def test_raw_pickle_is_refused_by_the_default_policy(corpus: Any, fname: str) -> None:
+    _, path = _entry(corpus, fname)
+    with pytest.raises(safeload.PolicyViolation) as info:
+        safeload.load(path)
+    assert info.value.rule == "formats.allowed"
+    assert "pickle" in str(info.value)

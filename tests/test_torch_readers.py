@@ -446,3 +446,146 @@ def test_quantized_spec_materialises_per_tensor_affine() -> None:
         Materializer({"0": memoryview(bytearray(raw))}, framework="torch", limits=Limits()).tensor(
             bare
         )
+
+
+# -- quantized tensors and checkpoints embedded in plain pickles ----------------------------------
+def _quantized(qdtype: Any, zero_point: int) -> Any:
+    import warnings
+
+    with warnings.catch_warnings():  # torch deprecates quantized tensor creation
+        warnings.simplefilter("ignore")
+        torch.manual_seed(0)
+        return torch.quantize_per_tensor(torch.randn(3, 4), 0.25, zero_point, qdtype)
+
+
+@pytest.mark.parametrize("legacy", [False, True])
+@pytest.mark.parametrize(("qname", "zero_point"), [("qint8", -3), ("quint8", 7), ("qint32", 11)])
+def test_per_tensor_quantized_tensors_load_exactly(
+    legacy: bool, qname: str, zero_point: int
+) -> None:
+    want = _quantized(getattr(torch, qname), zero_point)
+    data = torch_bytes({"q": want, "view": want[1:]}, _use_new_zipfile_serialization=not legacy)
+    got = read(data).value
+    for key in ("q", "view"):
+        ref = want if key == "q" else want[1:]
+        assert got[key].dtype == ref.dtype and got[key].is_quantized
+        assert (got[key].q_scale(), got[key].q_zero_point()) == (0.25, zero_point)
+        assert torch.equal(got[key].int_repr(), ref.int_repr())
+    assert got["q"].untyped_storage().data_ptr() == got["view"].untyped_storage().data_ptr()
+    arrays = read(data, framework="numpy").value  # NumPy gets the integer representation
+    assert np.array_equal(arrays["q"], want.int_repr().numpy())
+
+
+def test_per_channel_quantized_tensor_is_refused_by_name() -> None:
+    import warnings
+
+    from safeload import UnsafeModelError
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        q = torch.quantize_per_channel(
+            torch.randn(2, 3), torch.tensor([0.1, 0.2]), torch.tensor([0, 1]), 0, torch.qint8
+        )
+    with pytest.raises(UnsafeModelError) as info:
+        read(torch_bytes({"q": q}))
+    assert info.value.rule == "pickle.quantizer"
+    assert "per_channel_affine" in str(info.value)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_quantizer_scale_must_be_a_finite_float(bad: float) -> None:
+    data = torch_bytes({"q": _quantized(torch.qint8, 0)}, _use_new_zipfile_serialization=False)
+    scale = b"G" + struct.pack(">d", 0.25)  # BINFLOAT 0.25 inside the (inline) legacy pickle
+    assert data.count(scale) == 1
+    with pytest.raises(FormatError) as info:
+        read(data.replace(scale, b"G" + struct.pack(">d", bad)))
+    assert info.value.rule == "pickle.reconstruct"
+    assert "finite" in str(info.value)
+
+
+def test_quantized_storage_is_only_usable_by_rebuild_qtensor() -> None:
+    data = torch_bytes({"q": _quantized(torch.qint8, 0)}, _use_new_zipfile_serialization=False)
+    rebuild = b"ctorch._utils\n_rebuild_qtensor\n"
+    assert data.count(rebuild) == 1
+    with pytest.raises(FormatError):  # _rebuild_tensor_v2 over a QInt8Storage: 7 args, no dtype
+        read(data.replace(rebuild, b"ctorch._utils\n_rebuild_tensor_v2\n"))
+
+
+def test_plain_pickle_of_tensors_reads_embedded_storages(assert_same: Any) -> None:
+    import pickle
+
+    base = torch.arange(12, dtype=torch.float32).reshape(3, 4)
+    want = {
+        "w": base,
+        "row": base[1],
+        "half": torch.ones(5, dtype=torch.float16),
+        "ids": torch.arange(7),
+        "bf16": torch.full((2, 2), 1.5, dtype=torch.bfloat16),
+    }
+    for protocol in (2, 4, 5):
+        data = pickle.dumps(want, protocol=protocol)  # only dumped; never unpickled here
+        got = read(data)
+        assert_same(got.value, want)
+        analysis = analyze(data)
+        assert "torch.storage._load_from_bytes" in analysis.globals
+        assert all("/" in row.storage for row in analysis.tensors)  # namespaced keys
+
+
+class _Embed:
+    """Pickles as ``torch.storage._load_from_bytes(blob)`` (dumped only, never loaded)."""
+
+    def __init__(self, blob: bytes) -> None:
+        self.blob = blob
+
+    def __reduce__(self) -> tuple[Any, tuple[bytes]]:
+        return (torch.storage._load_from_bytes, (self.blob,))
+
+
+def _legacy_around(main_pickle: bytes) -> bytes:
+    """A legacy checkpoint whose main object is ``main_pickle`` and which holds no storages."""
+    import pickle
+
+    head = [0x1950A86A20F9469CFC6C, 1001, {"protocol_version": 1001, "little_endian": True}]
+    return b"".join(pickle.dumps(x, protocol=2) for x in head) + main_pickle + pickle.dumps([])
+
+
+def test_embedded_checkpoints_nest_one_level_only() -> None:
+    import pickle
+
+    from safeload import UnsafeModelError
+
+    inner = _legacy_around(pickle.dumps(torch.arange(2.0), protocol=2))
+    with pytest.raises(UnsafeModelError) as info:
+        read(pickle.dumps({"t": _Embed(inner)}, protocol=2))
+    assert info.value.rule == "pickle.nested"
+
+
+def test_embedded_checkpoint_must_be_one_storage() -> None:
+    import pickle
+
+    not_a_storage = torch_bytes({"a": torch.ones(2)}, _use_new_zipfile_serialization=False)
+    with pytest.raises(FormatError) as info:
+        read(pickle.dumps({"t": _Embed(not_a_storage)}, protocol=2))
+    assert info.value.rule == "pickle.nested"
+    with pytest.raises(FormatError):  # a zip checkpoint is not what Storage.__reduce__ writes
+        read(pickle.dumps({"t": _Embed(torch_bytes(torch.ones(2)))}, protocol=2))
+
+
+def test_embedded_checkpoint_outside_a_reader_is_refused() -> None:
+    import pickle
+
+    from safeload import UnsafeModelError
+    from safeload.formats._pickle_vm import run_pickle
+
+    with pytest.raises(UnsafeModelError) as info:
+        run_pickle(pickle.dumps(torch.arange(2.0), protocol=2), limits=Limits())
+    assert info.value.rule == "pickle.nested"
+
+
+def test_embedded_checkpoint_obeys_the_same_limits() -> None:
+    import pickle
+
+    data = pickle.dumps({"t": torch.arange(4.0)}, protocol=2)
+    assert read(data, limits=Limits(max_pickle_opcodes=60)).value["t"].tolist() == [0, 1, 2, 3]
+    with pytest.raises(LimitExceededError):  # the embedded pickles' opcodes count too
+        read(data, limits=Limits(max_pickle_opcodes=20))

@@ -15,12 +15,14 @@ the VM adds the byte offset.
 from __future__ import annotations
 
 import collections
+import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
 from safeload.errors import FormatError, LimitExceededError, UnsafeModelError
+from safeload.formats._nested import read_nested_storage
 from safeload.formats._types import (
     StorageRef,
     StorageType,
@@ -28,6 +30,7 @@ from safeload.formats._types import (
     TorchDevice,
     TorchDType,
     TorchLayout,
+    TorchQScheme,
 )
 from safeload.policy._limits import Limits
 
@@ -98,7 +101,15 @@ def _args(args: tuple[object, ...], what: str, lo: int, hi: int) -> tuple[object
 # --- plain data ---------------------------------------------------------------------------
 
 _SCALARS = (type(None), bool, int, float, complex, str, bytes, bytearray, slice)
-_MARKERS = (TensorSpec, StorageRef, StorageType, TorchDType, TorchDevice, TorchLayout)
+_MARKERS = (
+    TensorSpec,
+    StorageRef,
+    StorageType,
+    TorchDType,
+    TorchDevice,
+    TorchLayout,
+    TorchQScheme,
+)
 _CONTAINERS = (list, tuple, dict, set, frozenset, collections.OrderedDict)
 
 
@@ -189,6 +200,12 @@ _STORAGE_CLASSES = {
     "ComplexFloatStorage": "complex64",
 }
 
+# Quantized element types: only ever the storage of ``_rebuild_qtensor`` (their integer
+# representation is read; scale and zero point travel in the spec's ``extra``).
+QUANTIZED_ITEMSIZE: dict[str, int] = {"qint8": 1, "quint8": 1, "qint32": 4}
+_QSTORAGE_CLASSES = {"QInt8Storage": "qint8", "QUInt8Storage": "quint8", "QInt32Storage": "qint32"}
+_QSCHEMES = ("per_tensor_affine", "per_channel_affine", "per_channel_affine_float_qparams")
+
 
 def _int_tuple(v: object, what: str, field_name: str, limits: Limits) -> tuple[int, ...]:
     if type(v) is not tuple:
@@ -222,6 +239,7 @@ def _tensor_spec(
     what: str,
     limits: Limits,
     requires_grad: bool = False,
+    itemsizes: Mapping[str, int] = ITEMSIZE,
 ) -> TensorSpec:
     if type(storage) is not StorageRef:
         raise _bad(what, "the storage argument must come from a storage persistent id")
@@ -232,7 +250,7 @@ def _tensor_spec(
     if len(shape) != len(strides):
         raise _bad(what, "size and stride differ in length")
     dt = storage.dtype if dtype is None else dtype
-    if dt not in ITEMSIZE:
+    if dt not in itemsizes:
         raise _bad(what, f"unsupported dtype {dt!r}")
     numel = 1
     for s in shape:
@@ -249,8 +267,8 @@ def _tensor_spec(
     if numel > 0:
         last = offset + sum((s - 1) * st for s, st in zip(shape, strides, strict=True))
         # Offsets and strides count elements of the tensor's dtype; compare bytes, exactly.
-        reach = (last + 1) * ITEMSIZE[dt]
-        if storage.dtype not in ITEMSIZE or reach > storage.numel * ITEMSIZE[storage.dtype]:
+        reach = (last + 1) * itemsizes[dt]
+        if storage.dtype not in itemsizes or reach > storage.numel * itemsizes[storage.dtype]:
             raise FormatError(
                 f"{what}: tensor view reaches element {last} beyond its storage",
                 rule="pickle.tensor_bounds",
@@ -283,6 +301,52 @@ def _rebuild_tensor_v3(args: tuple[object, ...], ctx: Ctx) -> object:
 def _rebuild_tensor(args: tuple[object, ...], ctx: Ctx) -> object:
     a = _args(args, "_rebuild_tensor", 4, 4)
     return _tensor_spec(a[0], a[1], a[2], a[3], None, "_rebuild_tensor", ctx.limits)
+
+
+def _rebuild_qtensor(args: tuple[object, ...], ctx: Ctx) -> object:
+    """torch's quantized tensor: only per-tensor affine, whose parameters are two numbers.
+
+    Per-channel schemes carry their scales and zero points as further tensors that torch
+    checks only partly; they are refused by name rather than half-validated here.
+    """
+    what = "_rebuild_qtensor"
+    storage, offset, size, stride, qparams, requires_grad, hooks = _args(args, what, 7, 7)
+    if type(qparams) is not tuple or not qparams or type(qparams[0]) is not TorchQScheme:
+        raise _bad(what, "quantizer parameters must start with a torch quantization scheme")
+    scheme = qparams[0].name
+    if scheme != "per_tensor_affine":
+        raise UnsafeModelError(
+            f"{what}: quantization scheme {scheme!r} is not supported",
+            rule="pickle.quantizer",
+            code="SL103",
+            detail="only per_tensor_affine quantized tensors are read; per-channel scales and "
+            "zero points are tensors of their own that safeload does not rebuild (dequantize "
+            "the model or save it as safetensors)",
+        )
+    if len(qparams) != 3:
+        raise _bad(what, "per_tensor_affine takes (scheme, scale, zero_point)")
+    _, scale, zero_point = qparams
+    if type(scale) is not float or not math.isfinite(scale):
+        raise _bad(what, "scale must be a finite float")
+    if type(zero_point) is not int or not -_INT64 <= zero_point < _INT64:
+        raise _bad(what, "zero_point must be a 64-bit int")
+    if type(requires_grad) is not bool:
+        raise _bad(what, "requires_grad must be a bool")
+    _hooks_empty(hooks, what)
+    if type(storage) is not StorageRef or storage.dtype not in QUANTIZED_ITEMSIZE:
+        raise _bad(what, "the storage must be a quantized (QInt8/QUInt8/QInt32) storage")
+    spec = _tensor_spec(
+        storage, offset, size, stride, None, what, ctx.limits, requires_grad, QUANTIZED_ITEMSIZE
+    )
+    spec.extra["quantizer"] = ("per_tensor_affine", scale, zero_point)
+    return spec
+
+
+def _load_from_bytes(args: tuple[object, ...], ctx: Ctx) -> object:
+    (blob,) = _args(args, "torch.storage._load_from_bytes", 1, 1)
+    if type(blob) is not bytes:
+        raise _bad("torch.storage._load_from_bytes", "the argument must be bytes")
+    return read_nested_storage(blob)
 
 
 def _as_parameter(data: object, requires_grad: object, what: str) -> TensorSpec:
@@ -654,6 +718,26 @@ def _entries() -> dict[str, AllowedGlobal]:
         tag=tr,
     )
     add(
+        "torch._utils._rebuild_qtensor",
+        "a per-tensor affine quantized TensorSpec: a checked view plus a finite scale and an "
+        "int zero point; per-channel schemes are refused",
+        reduce=_rebuild_qtensor,
+        tag=tr,
+    )
+    add(
+        "torch.storage._load_from_bytes",
+        "a storage that plain pickle saved as an embedded legacy checkpoint; those bytes are "
+        "read by safeload's own legacy reader (same limits, one level deep), never torch.load",
+        reduce=_load_from_bytes,
+    )
+    for scheme in _QSCHEMES:
+        add(
+            "torch." + scheme,
+            "a quantization scheme marker (only per_tensor_affine is ever rebuilt)",
+            value=TorchQScheme(scheme),
+            has_value=True,
+        )
+    add(
         "torch._utils._rebuild_parameter",
         "flags a TensorSpec as a Parameter",
         reduce=_rebuild_parameter,
@@ -692,6 +776,13 @@ def _entries() -> dict[str, AllowedGlobal]:
                 value=StorageType(dt),
                 has_value=True,
             )
+    for cls, dt in _QSTORAGE_CLASSES.items():
+        add(
+            "torch." + cls,
+            "names a quantized storage's integer element type; only _rebuild_qtensor uses it",
+            value=StorageType(dt),
+            has_value=True,
+        )
     add(
         "torch.storage.UntypedStorage",
         "byte storage marker for a persistent id",

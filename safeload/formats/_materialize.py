@@ -250,4 +250,8 @@ def _quantize(t: Any, quant: object, path: str | None) -> Any:
         warnings.filterwarnings(
             "ignore", message=".*quantized tensor creation", category=UserWarning
         )
-        return torch._make_per_tensor_quantized_tensor(t, scale, zero_point)
+        # A view over the same storage (as torch's _rebuild_qtensor makes), not a copy, so
+        # quantized tensors that shared a storage when saved still share it.
+        q = torch._empty_affine_quantized([0], scale=scale, zero_point=zero_point, dtype=qdtype)
+    q.set_(t.untyped_storage(), t.storage_offset(), t.size(), t.stride())
+    return q

@@ -13,7 +13,7 @@ import io
 import logging
 import pickletools  # opcode decoder only: lists names, never resolves them
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from safeload.errors import (
@@ -26,12 +26,14 @@ from safeload.errors import (
 from safeload.formats._detect import Detection, Format, _detect_raw, unwrap
 from safeload.formats._dtypes import lookup
 from safeload.formats._materialize import Framework, Materializer, check_spec, iter_specs
+from safeload.formats._nested import NestedStorages, nested_scope
 from safeload.formats._numpy import npz_members, parse_npy, read_npy
 from safeload.formats._pickle_vm import run_pickle
+from safeload.formats._safe_globals import SafeGlobal
 from safeload.formats._safetensors import parse_safetensors
 from safeload.formats._safetensors import storages as st_storages
 from safeload.formats._torch_legacy import parse_torch_legacy
-from safeload.formats._torch_zip import TorchParse, parse_torch_zip
+from safeload.formats._torch_zip import PickleRunner, TorchParse, parse_torch_zip
 from safeload.formats._zip import ZipArchive
 from safeload.policy import Limits
 
@@ -111,7 +113,10 @@ class _Parsed:
 
 
 def _runner(
-    limits: Limits, collect: list[str] | None = None, segments: list[bytes] | None = None
+    limits: Limits,
+    collect: list[str] | None = None,
+    segments: list[bytes] | None = None,
+    safe_globals: Mapping[str, SafeGlobal] | None = None,
 ) -> Callable[[memoryview, int, Callable[[object], object] | None, str], tuple[object, int]]:
     def run(
         data: memoryview, start: int, persistent_load: Callable[[object], object] | None, name: str
@@ -121,6 +126,7 @@ def _runner(
             limits=limits,
             start=start,
             persistent_load=persistent_load,
+            safe_globals=safe_globals,
             collect_unsafe=collect,
             name=name,
         )
@@ -200,18 +206,22 @@ def _parse(
     segments: list[bytes] | None = None,
     known_crcs: Mapping[tuple[int, int], int] | None = None,
     read_data: bool = True,
+    safe_globals: Mapping[str, SafeGlobal] | None = None,
 ) -> _Parsed:
     """Fail closed: any slip in a reader on hostile bytes is a refusal, never a traceback."""
     try:
-        return _parse_unguarded(
-            data,
-            name=name,
-            limits=limits,
-            collect=collect,
-            segments=segments,
-            known_crcs=known_crcs,
-            read_data=read_data,
-        )
+        run = _runner(limits, collect, segments, safe_globals)
+        nested = NestedStorages(run=run, limits=limits, name=name)
+        with nested_scope(nested):
+            parsed = _parse_unguarded(
+                data, name=name, limits=limits, run=run, known_crcs=known_crcs, read_data=read_data
+            )
+        if not nested.storages:
+            return parsed
+        # Storages of checkpoints embedded with torch.storage._load_from_bytes (see _nested).
+        storages = {**parsed.storages, **nested.storages}
+        sizes = {**parsed.sizes, **{k: len(v) for k, v in nested.storages.items()}}
+        return replace(parsed, storages=storages, sizes=sizes)
     except SafeloadError:
         raise
     except (MemoryError, RecursionError) as exc:
@@ -233,8 +243,7 @@ def _parse_unguarded(
     *,
     name: str,
     limits: Limits,
-    collect: list[str] | None = None,
-    segments: list[bytes] | None = None,
+    run: PickleRunner,
     known_crcs: Mapping[tuple[int, int], int] | None = None,
     read_data: bool = True,
 ) -> _Parsed:
@@ -247,7 +256,6 @@ def _parse_unguarded(
     fmt, detail = _detect_raw(inner, limits=limits, name=name)
     det = Detection(fmt, wrappers, detail)
     _refuse_unsupported(det, name)
-    run = _runner(limits, collect, segments)
     known = not wrappers
     crcs = known_crcs if known else None  # CRC hints describe the file, not unwrapped bytes
     if fmt is Format.TORCH_ZIP:
@@ -341,6 +349,7 @@ def analyze(
     name: str = "",
     limits: Limits | None = None,
     check_data: bool = True,
+    safe_globals: Mapping[str, SafeGlobal] | None = None,
 ) -> Analysis:
     """Validate everything about a file without materialising tensors; refuse by raising.
 
@@ -349,7 +358,14 @@ def analyze(
     """
     limits = limits or Limits()
     segments: list[bytes] = []
-    parsed = _parse(data, name=name, limits=limits, segments=segments, read_data=check_data)
+    parsed = _parse(
+        data,
+        name=name,
+        limits=limits,
+        segments=segments,
+        read_data=check_data,
+        safe_globals=safe_globals,
+    )
     if parsed.format in (Format.NUMPY, Format.NPZ):
         table = _numpy_table(parsed, limits, name, check_data=check_data)
         return Analysis(parsed.format, table, (), parsed.wrappers)
@@ -367,6 +383,7 @@ def read(
     limits: Limits | None = None,
     framework: Framework = "torch",
     known_crcs: Mapping[tuple[int, int], int] | None = None,
+    safe_globals: Mapping[str, SafeGlobal] | None = None,
 ) -> ReadResult:
     """Read a file into plain values with tensors (torch) or arrays (numpy) over its buffer.
 
@@ -376,11 +393,15 @@ def read(
     needs writable memory) and used as-is for NumPy (arrays are then read-only).
     ``known_crcs`` are CRC-32s of ``(offset, size)`` ranges of ``data`` computed while it was
     filled (see ``_zip.StreamingCrc``); zip members whose exact range matches skip a second pass.
+    ``safe_globals`` are the user classes the pickle reader may build (``None``: the program's
+    whole registry, ``{}``: none); the loader passes what the policy selects from the registry.
     """
     if framework not in ("torch", "numpy"):
         raise UsageError(f"unknown framework {framework!r}", rule="formats.framework")
     limits = limits or Limits()
-    parsed = _parse(data, name=name, limits=limits, known_crcs=known_crcs)
+    parsed = _parse(
+        data, name=name, limits=limits, known_crcs=known_crcs, safe_globals=safe_globals
+    )
     try:
         return _build(parsed, limits=limits, name=name, framework=framework)
     except SafeloadError:
@@ -415,7 +436,11 @@ def _build(parsed: _Parsed, *, limits: Limits, name: str, framework: Framework) 
 
 
 def unsafe_globals(
-    data: bytes | bytearray | memoryview, *, name: str = "", limits: Limits | None = None
+    data: bytes | bytearray | memoryview,
+    *,
+    name: str = "",
+    limits: Limits | None = None,
+    safe_globals: Mapping[str, SafeGlobal] | None = None,
 ) -> list[str]:
     """Every global the file's pickles name that no allowlist grants, without running anything.
 
@@ -424,7 +449,9 @@ def unsafe_globals(
     """
     collect: list[str] = []
     try:
-        _parse(data, name=name, limits=limits or Limits(), collect=collect)
+        _parse(
+            data, name=name, limits=limits or Limits(), collect=collect, safe_globals=safe_globals
+        )
     except UnsupportedFormatError:
         raise
     except SafeloadError:

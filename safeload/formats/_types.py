@@ -19,6 +19,7 @@ __all__ = [
     "TorchDType",
     "TorchDevice",
     "TorchLayout",
+    "TorchQScheme",
 ]
 
 
@@ -76,5 +77,12 @@ class TorchDevice:
 @dataclass(frozen=True, slots=True)
 class TorchLayout:
     """A ``torch.strided``-style layout marker; only ``"strided"`` is ever produced."""
+
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class TorchQScheme:
+    """A quantization scheme global (``torch.per_tensor_affine``...), kept as its name only."""
 
     name: str
