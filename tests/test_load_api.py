@@ -201,6 +201,33 @@ def test_directories_and_devices_are_not_model_files(tmp_path: Path) -> None:
             safeload.load(target)
 
 
+_ENTRIES = {
+    "load": lambda p: safeload.load(p),
+    "load_mmap": lambda p: safeload.load(p, mmap=True),
+    "load_numpy": lambda p: safeload.load(p, framework="numpy"),
+    "inspect": safeload.inspect,
+    "get_unsafe_globals": safeload.get_unsafe_globals,
+}
+
+
+@pytest.mark.parametrize("kind", ["folder", "missing", "fifo"])
+@pytest.mark.parametrize("entry", sorted(_ENTRIES))
+def test_every_entry_refuses_non_files_with_a_source_error(
+    tmp_path: Path, entry: str, kind: str
+) -> None:
+    """Never a raw OSError, and a FIFO is refused at once instead of blocking in open()."""
+    target = tmp_path / "model.pt"
+    if kind == "folder":
+        target.mkdir()
+    elif kind == "fifo":
+        os.mkfifo(target)
+    for form in (target, str(target)):
+        with pytest.raises(safeload.SourceError) as info:
+            _ENTRIES[entry](form)
+        assert info.value.path == str(target)
+        assert info.value.rule in ("source.open", "source.file")
+
+
 def test_inspect_does_not_read_tensor_data(tmp_path: Path) -> None:
     """A flipped byte inside a storage is invisible to inspect (no CRC pass over tensor data)
     but refused by load and by the scanner's full analyze."""

@@ -72,9 +72,18 @@ def _read_fd(
     of the stored zip members it covers (the central directory is read first, from the end of
     the file), so the CRC check costs almost nothing on top of the read itself.
     """
-    st = os.fstat(fd)
+    try:
+        st = os.fstat(fd)
+    except OSError as exc:
+        raise SourceError("cannot stat input", path=name, rule="source.open", detail=str(exc))
     if not stat.S_ISREG(st.st_mode):
-        raise SourceError(f"{name or 'input'} is not a regular file", path=name, rule="source.file")
+        kind = "a folder" if stat.S_ISDIR(st.st_mode) else "not a regular file"
+        raise SourceError(
+            f"{name or 'input'} is {kind}",
+            path=name,
+            rule="source.file",
+            detail="pass one model file (safeload.source resolves folders and repos)",
+        )
     size = st.st_size
     if size > limits.max_file_bytes:
         from safeload.errors import LimitExceededError
@@ -85,7 +94,14 @@ def _read_fd(
     if use_mmap:
         # MAP_PRIVATE + PROT_WRITE: copy-on-write pages, so tensors can be writable views
         # without the file (or anyone else's mapping of it) ever changing.
-        mm = _mmap.mmap(fd, size, flags=_mmap.MAP_PRIVATE, prot=_mmap.PROT_READ | _mmap.PROT_WRITE)
+        try:
+            mm = _mmap.mmap(
+                fd, size, flags=_mmap.MAP_PRIVATE, prot=_mmap.PROT_READ | _mmap.PROT_WRITE
+            )
+        except OSError as exc:
+            raise SourceError(
+                "cannot map file", path=name, rule="source.read", detail=str(exc)
+            ) from None
         return memoryview(mm), {}
     # Private anonymous pages that the one read fills. MAP_POPULATE has the kernel map them all
     # in one go instead of taking a page fault per 4 KiB during the copy, which is most of the
@@ -151,7 +167,8 @@ def _bytes_of(
         return memoryview(f).cast("B"), name, {}
     if isinstance(f, (str, os.PathLike)):
         try:
-            fd = os.open(f, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+            # O_NONBLOCK: a FIFO named like a model must be refused, not hang open().
+            fd = os.open(f, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
         except OSError as exc:
             raise SourceError(
                 f"cannot open {name}", path=name, rule="source.open", detail=str(exc)
@@ -163,10 +180,15 @@ def _bytes_of(
             os.close(fd)
     if hasattr(f, "read"):
         fileobj: IO[bytes] = f  # type: ignore[assignment]
-        if use_mmap and hasattr(fileobj, "fileno"):
-            view, crcs = _read_fd(fileobj.fileno(), use_mmap=True, name=name, limits=limits)
-            return view, name, crcs
-        data = fileobj.read()
+        try:
+            if use_mmap and hasattr(fileobj, "fileno"):
+                view, crcs = _read_fd(fileobj.fileno(), use_mmap=True, name=name, limits=limits)
+                return view, name, crcs
+            data = fileobj.read()
+        except OSError as exc:
+            raise SourceError(
+                "cannot read file object", path=name or None, rule="source.read", detail=str(exc)
+            ) from None
         if not isinstance(data, (bytes, bytearray)):
             raise UsageError("file object must be opened in binary mode", rule="load.file")
         return memoryview(bytearray(data)), name, {}
