@@ -75,7 +75,9 @@ def _read_fd(
     try:
         st = os.fstat(fd)
     except OSError as exc:
-        raise SourceError("cannot stat input", path=name, rule="source.open", detail=str(exc))
+        raise SourceError(
+            "cannot stat input", path=name, rule="source.open", detail=str(exc)
+        ) from None
     if not stat.S_ISREG(st.st_mode):
         kind = "a folder" if stat.S_ISDIR(st.st_mode) else "not a regular file"
         raise SourceError(
