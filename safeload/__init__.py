@@ -55,6 +55,11 @@ from safeload.sandbox import (
     sandboxed_read,
 )
 
+# isort: split
+# --- drop-in loaders ---
+from safeload.integrations._patch import is_patched, patch, patched, unpatch
+from safeload.integrations._pretrained import PretrainedState, from_pretrained
+
 __version__ = "0.1.0"
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
@@ -71,6 +76,7 @@ __all__ = [
     "Policy",
     "PolicyError",
     "PolicyViolation",
+    "PretrainedState",
     "RefusedError",
     "SafeloadError",
     "SandboxError",
@@ -88,16 +94,21 @@ __all__ = [
     "clear_safe_globals",
     "doctor",
     "effective_policy",
+    "from_pretrained",
     "get_safe_globals",
     "get_unsafe_globals",
     "hash_model",
     "inspect",
+    "is_patched",
     "load",
     "load_policy",
+    "patch",
+    "patched",
     "run_in_sandbox",
     "safe_globals",
     "sandboxed_read",
     "scan",
     "sign",
+    "unpatch",
     "verify",
 ]
