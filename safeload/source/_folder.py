@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import stat
+import unicodedata
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -21,6 +22,8 @@ from safeload.errors import SourceError
 __all__ = ["ModelEntry", "check_relative_name", "list_model_files", "path_matcher"]
 
 _HF_REPO_PREFIXES = ("models--", "datasets--", "spaces--")
+_UNPRINTABLE = frozenset({"Cc", "Cs"})
+"""Unicode categories refused in names: control characters and lone surrogates."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +47,12 @@ def check_relative_name(name: str, *, what: str = "path") -> str:
     """
     if not name or name.startswith("/") or "\\" in name or "\x00" in name:
         raise SourceError(f"{what} {name!r} is not a relative path", rule="source.path")
+    if any(unicodedata.category(c) in _UNPRINTABLE for c in name):
+        # Newlines forge report and audit lines; lone surrogates (bytes that are not UTF-8)
+        # cannot be written into a manifest the way they were read back.
+        raise SourceError(
+            f"{what} {name!a} has control characters or is not UTF-8", rule="source.path"
+        )
     parts = name.split("/")
     if any(p in ("", ".", "..") for p in parts):
         raise SourceError(
@@ -96,15 +105,50 @@ def list_model_files(
     allowed_area = _hf_repo_root(real_top) or _hf_repo_root(top.absolute())
     areas = [real_top] if allowed_area is None else [real_top, allowed_area.resolve()]
     out: list[ModelEntry] = []
-    _walk(top, "", out, allow_symlinks=allow_symlinks, exclude=exclude, areas=areas)
+    _walk(top, out, allow_symlinks=allow_symlinks, exclude=exclude, areas=areas)
     out.sort(key=lambda e: PurePosixPath(e.name).parts)
+    _refuse_lookalikes(out)
     return out
 
 
+def _refuse_lookalikes(entries: list[ModelEntry]) -> None:
+    """Two names one file system keeps apart but another merges (``Model.bin``/``model.bin``,
+    NFC/NFD ``café``) mean a copy of the folder holds a different file under a verified name;
+    such a folder is ambiguous, so it is refused rather than listed."""
+    seen: dict[str, str] = {}
+    for e in entries:
+        key = unicodedata.normalize("NFC", e.name).casefold()
+        other = seen.setdefault(key, e.name)
+        if other != e.name:
+            raise SourceError(
+                "two file names differ only in case or Unicode normalisation",
+                path=e.name,
+                rule="source.name_collision",
+                detail=f"{other!a} and {e.name!a}",
+            )
+
+
 def _walk(
+    top: Path,
+    out: list[ModelEntry],
+    *,
+    allow_symlinks: bool,
+    exclude: Callable[[str], bool] | None,
+    areas: list[Path],
+) -> None:
+    """Iterative, so a hostile folder nested thousands deep is listed, not a RecursionError."""
+    todo: list[tuple[Path, str]] = [(top, "")]
+    while todo:
+        folder, prefix = todo.pop()
+        _scan_folder(folder, prefix, out, todo, allow_symlinks=allow_symlinks, exclude=exclude,
+                     areas=areas)
+
+
+def _scan_folder(
     folder: Path,
     prefix: str,
     out: list[ModelEntry],
+    todo: list[tuple[Path, str]],
     *,
     allow_symlinks: bool,
     exclude: Callable[[str], bool] | None,
@@ -119,14 +163,14 @@ def _walk(
         name = f"{prefix}{de.name}"
         if exclude is not None and exclude(name):
             continue
+        check_relative_name(name, what="file name")
         path = Path(de.path)
         if de.is_symlink():
             out.append(_checked_link(path, name, allow_symlinks=allow_symlinks, areas=areas))
             continue
         st = de.stat(follow_symlinks=False)
         if stat.S_ISDIR(st.st_mode):
-            _walk(path, name + "/", out, allow_symlinks=allow_symlinks, exclude=exclude,
-                  areas=areas)
+            todo.append((path, name + "/"))
         elif stat.S_ISREG(st.st_mode):
             out.append(ModelEntry(name=name, path=path, size=st.st_size))
         else:
