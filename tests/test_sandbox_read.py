@@ -132,3 +132,98 @@ def test_corpus_reads_the_same_in_and_out_of_the_sandbox(corpus: Any) -> None:
         else:
             assert_same(expected, got, where)
     assert list(corpus.markers.iterdir()) == [], "a corpus payload ran"
+
+
+def _tensors(value: Any) -> list[Any]:
+    """Every tensor in a value tree, in a fixed walk order (dict values, then items)."""
+    out: list[Any] = []
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, torch.Tensor):
+            out.append(v)
+        elif isinstance(v, dict):
+            stack.extend(reversed(list(v.values())))
+        elif isinstance(v, list | tuple):
+            stack.extend(reversed(v))
+    return out
+
+
+def _partition(keys: list[Any]) -> list[int]:
+    """Which earlier item each item equals: the shape of a sharing relation, not its values."""
+    first: dict[Any, int] = {}
+    return [first.setdefault(k, i) for i, k in enumerate(keys)]
+
+
+def assert_same_kinds_and_sharing(a: Any, b: Any) -> None:
+    """Same tensor classes, grad flags, object identity and storage sharing (and offsets)."""
+    ta, tb = _tensors(a), _tensors(b)
+    assert len(ta) == len(tb) and ta
+    assert [type(t) for t in ta] == [type(t) for t in tb]
+    assert [t.requires_grad for t in ta] == [t.requires_grad for t in tb]
+    assert _partition([id(t) for t in ta]) == _partition([id(t) for t in tb])
+    storages_a = [t.untyped_storage().data_ptr() for t in ta]
+    storages_b = [t.untyped_storage().data_ptr() for t in tb]
+    assert _partition(storages_a) == _partition(storages_b)
+    assert [t.storage_offset() for t in ta] == [t.storage_offset() for t in tb]
+    assert [t.stride() for t in ta] == [t.stride() for t in tb]
+
+
+def _tied_checkpoint() -> dict[str, Any]:
+    """Tied weights, live Parameters, views over one storage, and optimizer state."""
+    torch.manual_seed(1)
+    emb = torch.nn.Embedding(10, 4)
+    head = torch.nn.Linear(4, 10, bias=False)
+    head.weight = emb.weight  # tied: one Parameter under two names
+    model = torch.nn.Sequential(emb, head)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    model(torch.tensor([1, 2, 3])).sum().backward()
+    opt.step()
+    base = torch.arange(24, dtype=torch.float32)
+    return {
+        "state": model.state_dict(),
+        "params": dict(model.named_parameters(remove_duplicate=False)),
+        "frozen": torch.nn.Parameter(torch.ones(3), requires_grad=False),
+        "optimizer": opt.state_dict(),
+        "views": [base, base[4:10].view(2, 3), base.view(4, 6).t(), base[::5]],
+    }
+
+
+def _deflated_copy(src: Path, dst: Path) -> None:
+    """The same torch.save archive with every member deflated (storages are then not file views)."""
+    import zipfile
+
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w", zipfile.ZIP_DEFLATED) as zout:
+        for info in zin.infolist():
+            zout.writestr(info.filename, zin.read(info.filename))
+
+
+@pytest.mark.parametrize("layout", ["torch_zip", "torch_legacy", "deflated_zip"])
+def test_sandboxed_read_keeps_parameters_and_shared_storages(tmp_path: Path, layout: str) -> None:
+    path = tmp_path / "tied.pt"
+    torch.save(_tied_checkpoint(), path, _use_new_zipfile_serialization=layout != "torch_legacy")
+    if layout == "deflated_zip":
+        _deflated_copy(path, tmp_path / "deflated.pt")
+        path = tmp_path / "deflated.pt"
+    expected = read(bytearray(path.read_bytes()), name=path.name, limits=LIMITS).value
+    got = sandboxed_read(path, limits=LIMITS)
+    assert_same(expected, got)
+    assert_same_kinds_and_sharing(expected, got)
+    assert isinstance(got, dict)
+    params = got["params"]
+    assert type(params["0.weight"]) is torch.nn.Parameter
+    assert params["0.weight"] is params["1.weight"]  # tied weights stay one object
+    assert got["state"]["0.weight"].data_ptr() == got["state"]["1.weight"].data_ptr()
+    assert type(got["frozen"]) is torch.nn.Parameter and not got["frozen"].requires_grad
+    base, window = got["views"][0], got["views"][1]
+    window[0, 0] = -1.0  # views share memory in the result, as after torch.load
+    assert base[4].item() == -1.0
+
+
+def test_sandboxed_read_matches_torch_load(tmp_path: Path) -> None:
+    """The reference is torch.load itself (our own file, so weights_only is safe to run here)."""
+    path = tmp_path / "tied.pt"
+    torch.save(_tied_checkpoint(), path)
+    reference = torch.load(path, weights_only=True)
+    got = sandboxed_read(path, limits=LIMITS)
+    assert_same_kinds_and_sharing(reference, got)

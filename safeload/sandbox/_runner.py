@@ -467,7 +467,7 @@ def run_in_sandbox(
             _transport.seal(worker.result_fd)
             value, tensors, meta = _transport.decode_result(
                 worker.result_fd, limits=limits, framework=framework, max_bytes=plan.file_size,
-                inputs=input_fds,
+                inputs=input_fds, name=paths[0].name if paths else "",
             )
         finally:
             worker.close()

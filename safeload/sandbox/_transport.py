@@ -29,15 +29,16 @@ import math
 import mmap
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import numpy as np
 
-from safeload.errors import FormatError, SandboxError
+from safeload.errors import FormatError, SafeloadError, SandboxError
 from safeload.formats._dtypes import DTYPES, SAFETENSORS_DTYPES, torch_dtype
+from safeload.formats._materialize import Materializer
 from safeload.formats._safetensors import parse_safetensors
-from safeload.formats._types import TorchDevice, TorchDType, TorchLayout
+from safeload.formats._types import StorageRef, TensorSpec, TorchDevice, TorchDType, TorchLayout
 from safeload.policy import Limits
 
 if sys.platform != "win32":  # the sandbox is Linux-only; importing safeload is not
@@ -48,6 +49,11 @@ __all__ = ["decode_result", "encode_result", "seal"]
 _SKELETON_KEY = "safeload.skeleton"
 _META_KEY = "safeload.meta"
 _FILEREFS_KEY = "safeload.filerefs"
+_SPECS_KEY = "safeload.specs"
+_STORAGES_KEY = "safeload.storages"
+_REQUIRED_KEYS = frozenset({_SKELETON_KEY, _META_KEY, _FILEREFS_KEY})
+_ALLOWED_KEYS = _REQUIRED_KEYS | {_SPECS_KEY, _STORAGES_KEY}
+_KINDS = frozenset({"tensor", "parameter"})
 _ALIGN = 64
 _MADV_POPULATE_READ = 22  # linux/mman.h, Linux >= 5.14
 
@@ -65,13 +71,65 @@ def _protocol(message: str, detail: str | None = None) -> SandboxError:
 # --- worker side ------------------------------------------------------------------------------
 
 
+def _address(buf: Any) -> int:
+    return int(np.frombuffer(buf, dtype=np.uint8).__array_interface__["data"][0])
+
+
 class _Encoder:
-    def __init__(self, regions: Sequence[tuple[int, int]]) -> None:
+    def __init__(
+        self, regions: Sequence[tuple[int, int]], storages: Mapping[str, Any] | None = None
+    ) -> None:
         self.arrays: dict[str, np.ndarray[Any, Any]] = {}
         self._by_id: dict[int, str] = {}
         self.file_refs: list[list[Any]] = []
         self._ref_by_id: dict[int, int] = {}
         self._regions = regions
+        self._storages = storages or {}
+        self.specs: list[list[Any]] = []
+        self._spec_by_id: dict[int, int] = {}
+        self.storage_refs: list[list[int]] = []
+        self._storage_names: dict[str, str] = {}
+
+    def _storage(self, key: str) -> str:
+        """A reader storage once, by key: a file region of an input, or bytes in the result."""
+        name = self._storage_names.get(key)
+        if name is not None:
+            return name
+        buf = self._storages.get(key)
+        if buf is None:
+            raise _protocol(f"a tensor names storage {key!r} the reader did not return")
+        size = memoryview(buf).nbytes
+        if size:
+            addr = _address(buf)
+            for index, (base, length) in enumerate(self._regions):
+                if base <= addr and addr + size <= base + length:
+                    self.storage_refs.append([index, addr - base, size])
+                    name = f"r{len(self.storage_refs) - 1}"
+                    break
+        if name is None:
+            name = f"s{len(self.arrays)}"
+            flat = np.frombuffer(buf, dtype=np.uint8) if size else np.empty(0, dtype=np.uint8)
+            self.arrays[name] = flat
+        self._storage_names[key] = name
+        return name
+
+    def _spec(self, spec: TensorSpec) -> int:
+        """A tensor as its view over a storage, once per object, so sharing survives the trip."""
+        index = self._spec_by_id.get(id(spec))
+        if index is None:
+            entry = [
+                self._storage(spec.storage.key),
+                spec.offset,
+                list(spec.shape),
+                list(spec.stride),
+                spec.dtype,
+                spec.kind,
+                spec.requires_grad,
+                self.encode(dict(spec.extra)),
+            ]
+            index = self._spec_by_id[id(spec)] = len(self.specs)
+            self.specs.append(entry)
+        return index
 
     def _file_ref(self, arr: np.ndarray[Any, Any]) -> int | None:
         """Index of a file reference when ``arr`` is a plain view into an input mapping."""
@@ -119,6 +177,8 @@ class _Encoder:
             return value
         if isinstance(value, float):
             return value if math.isfinite(value) else {"$f": repr(value)}
+        if isinstance(value, TensorSpec):
+            return {"$ts": self._spec(value)}
         if isinstance(value, np.ndarray):
             dt = value.dtype.newbyteorder("<") if value.dtype.byteorder == ">" else value.dtype
             if dt not in _NAME_BY_NUMPY:
@@ -167,14 +227,22 @@ def _write_all(fd: int, data: memoryview) -> None:
 
 
 def encode_result(
-    fd: int, value: object, meta: dict[str, Any], regions: Sequence[tuple[int, int]] = ()
+    fd: int,
+    value: object,
+    meta: dict[str, Any],
+    regions: Sequence[tuple[int, int]] = (),
+    storages: Mapping[str, Any] | None = None,
 ) -> None:
     """Write ``value`` as safetensors bytes to ``fd`` (worker side), without copying arrays.
 
     ``regions`` are the ``(address, length)`` of the worker's input mappings: an array that is a
-    plain view into one of them travels as a file reference instead of bytes.
+    plain view into one of them travels as a file reference instead of bytes. ``storages`` are
+    the reader's storages by key, for :class:`TensorSpec` placeholders in ``value``: each spec
+    travels as its view (storage, offset, shape, stride, dtype, kind), each storage once (a
+    file region when it lies inside an input mapping), and the parent materialises them with
+    the same :class:`Materializer` as an in-process read, so types and sharing are the same.
     """
-    enc = _Encoder(regions)
+    enc = _Encoder(regions, storages)
     skeleton = enc.encode(value)
     # Largest item size first, so every tensor stays aligned to its element size.
     order = sorted(enc.arrays, key=lambda n: -enc.arrays[n].dtype.itemsize)
@@ -199,6 +267,9 @@ def encode_result(
         _META_KEY: json.dumps(meta, allow_nan=False),
         _FILEREFS_KEY: json.dumps(enc.file_refs),
     }
+    if enc.specs:
+        header["__metadata__"][_SPECS_KEY] = json.dumps(enc.specs, allow_nan=False)
+        header["__metadata__"][_STORAGES_KEY] = json.dumps(enc.storage_refs)
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-(8 + len(raw)) % _ALIGN)
     os.lseek(fd, 0, os.SEEK_SET)
@@ -235,12 +306,57 @@ def _check_with_safetensors(fd: int) -> None:
 
 
 class _Decoder:
-    def __init__(self, tensors: dict[str, Any], limits: Limits, framework: str) -> None:
+    def __init__(
+        self,
+        tensors: dict[str, Any],
+        limits: Limits,
+        framework: str,
+        specs: list[Any] | None = None,
+        storages: Mapping[str, memoryview] | None = None,
+    ) -> None:
         self.tensors = tensors
         self.used: set[str] = set()
         self.limits = limits
         self.items = 0
         self.framework = framework
+        self.specs = specs or []
+        self.storages = storages or {}
+        self.built: dict[int, TensorSpec] = {}
+
+    def _spec(self, index: object, depth: int) -> TensorSpec:
+        """A tensor placeholder from the worker's view table, checked field by field."""
+        if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < len(
+            self.specs
+        ):
+            raise _protocol("skeleton names a tensor view that is not in the result")
+        spec = self.built.get(index)
+        if spec is not None:
+            return spec
+        entry = self.specs[index]
+        if not isinstance(entry, list) or len(entry) != 8:
+            raise _protocol("malformed tensor view")
+        key, offset, shape, stride, dtype, kind, grad, extra = entry
+        if (
+            not isinstance(key, str)
+            or key not in self.storages
+            or not isinstance(offset, int)
+            or isinstance(offset, bool)
+            or offset < 0
+            or not _ints(shape)
+            or not _ints(stride)
+            or dtype not in DTYPES
+            or kind not in _KINDS
+            or not isinstance(grad, bool)
+        ):
+            raise _protocol("malformed tensor view")
+        extra = self.decode(extra, depth + 1)
+        if not isinstance(extra, dict) or not all(isinstance(k, str) for k in extra):
+            raise _protocol("malformed tensor view extras")
+        self.used.add(key)
+        ref = StorageRef(key=key, dtype="uint8", numel=len(self.storages[key]))
+        spec = TensorSpec(ref, offset, tuple(shape), tuple(stride), dtype, grad, kind, extra)
+        self.built[index] = spec
+        return spec
 
     def _file_ref(self, index: object) -> Any:
         if not isinstance(index, int) or isinstance(index, bool):
@@ -270,6 +386,8 @@ class _Decoder:
             return self._ref(body)
         if tag == "$fr":
             return self._file_ref(body)
+        if tag == "$ts":
+            return self._spec(body, depth)
         if tag == "$s":
             arr = self._ref(body)
             return arr[()] if self.framework == "numpy" else arr
@@ -333,24 +451,12 @@ class _Decoder:
         return raw.view(dtype).reshape(shape)
 
     def _torch_placeholder(self, tag: str, body: str) -> Any:
-        """The reader's torch placeholders; real torch objects when torch was asked for."""
-        if self.framework != "torch":
-            if tag == "$dt":
-                return TorchDType(body)
-            return TorchDevice(body) if tag == "$dev" else TorchLayout(body)
-        import torch
-
+        """The reader's torch placeholders; the materialiser turns them into torch objects."""
         if tag == "$dt":
-            return torch_dtype(body)
-        if tag == "$dev":
-            try:
-                return torch.device(body)
-            except RuntimeError as exc:
-                raise _protocol(f"bad torch device {body!r} in skeleton") from exc
-        layout = getattr(torch, body, None) if body.isidentifier() else None
-        if not isinstance(layout, torch.layout):
-            raise _protocol(f"unknown torch layout {body!r} in skeleton")
-        return layout
+            if body not in DTYPES:
+                raise _protocol(f"unknown torch dtype {body!r} in skeleton")
+            return TorchDType(body)
+        return TorchDevice(body) if tag == "$dev" else TorchLayout(body)
 
 
 def _tuples(descr: object, depth: int) -> Any:
@@ -382,6 +488,7 @@ class _InputMaps:
 
     def __init__(self, fds: Sequence[int]) -> None:
         self._fds = fds
+        self.count = len(fds)
         self._maps: dict[int, mmap.mmap] = {}
         self._storages: dict[int, Any] = {}
 
@@ -409,9 +516,7 @@ class _InputMaps:
         return storage
 
 
-def _file_tensors(
-    raw: str, fds: Sequence[int], limits: Limits, framework: str
-) -> dict[str, Any]:
+def _file_tensors(raw: str, maps: _InputMaps, limits: Limits, framework: str) -> dict[str, Any]:
     """Tensors the worker found inside an input file, rebuilt over the parent's own mapping.
 
     The worker only says *where* (input, byte offset, dtype, shape, strides); every reference
@@ -424,7 +529,6 @@ def _file_tensors(
         raise _protocol("file references are not JSON", str(exc)) from exc
     if not isinstance(refs, list) or len(refs) > limits.max_tensors:
         raise _protocol("file references are not a list or too many")
-    maps = _InputMaps(fds)
     out: dict[str, Any] = {}
     for i, ref in enumerate(refs):
         if not isinstance(ref, list) or len(ref) != 5:
@@ -432,7 +536,7 @@ def _file_tensors(
         index, offset, tname, shape, strides = ref
         if (
             not isinstance(index, int)
-            or not 0 <= index < len(fds)
+            or not 0 <= index < maps.count
             or not isinstance(offset, int)
             or tname not in DTYPES
             or not _ints(shape)
@@ -462,6 +566,51 @@ def _file_tensors(
     return out
 
 
+def _storage_refs(raw: str | None, maps: _InputMaps, limits: Limits) -> dict[str, memoryview]:
+    """Storages the worker found inside an input file, as slices of the parent's own mapping.
+
+    ``[input, byte offset, byte size]`` each, bounds-checked against the file the parent opened:
+    a lying worker can at worst point at other bytes of the same input.
+    """
+    if raw is None:
+        return {}
+    try:
+        refs = json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        raise _protocol("storage references are not JSON", str(exc)) from exc
+    if not isinstance(refs, list) or len(refs) > limits.max_tensors:
+        raise _protocol("storage references are not a list or too many")
+    out: dict[str, memoryview] = {}
+    for i, ref in enumerate(refs):
+        if not _ints(ref) or len(ref) != 3 or not ref[0] < maps.count or ref[2] == 0:
+            raise _protocol("malformed storage reference")
+        index, offset, size = ref
+        mm = maps.map(index)
+        if offset + size > len(mm):
+            raise _protocol("storage reference points outside its input file")
+        out[f"r{i}"] = memoryview(mm)[offset : offset + size]
+    return out
+
+
+def _materialize(
+    value: object, decoder: _Decoder, framework: str, limits: Limits, name: str
+) -> tuple[object, dict[str, Any]]:
+    """Tensor views -> tensors with the in-process reader's own materialiser (same types, sharing
+    and checks: every view is re-checked against its storage here, in the parent)."""
+    mat = Materializer(decoder.storages, framework=framework,  # type: ignore[arg-type]
+                       limits=limits, name=name)  # fmt: skip
+    try:
+        out = mat.convert(value)
+        built = {f"v{i}": mat.convert(spec) for i, spec in decoder.built.items()}
+    except SafeloadError:
+        raise
+    except Exception as exc:  # every view was checked; anything else is still a refusal
+        raise FormatError("tensors could not be built from this file", path=name or None,
+                          rule="formats.malformed",
+                          detail=f"{type(exc).__name__}: {exc}"[:300]) from exc  # fmt: skip
+    return out, built
+
+
 def decode_result(
     fd: int,
     *,
@@ -469,11 +618,12 @@ def decode_result(
     framework: Literal["numpy", "torch"],
     max_bytes: int,
     inputs: Sequence[int] = (),
+    name: str = "",
 ) -> tuple[object, dict[str, Any], dict[str, Any]]:
     """Validate and map a sealed result memfd: ``(value, tensors by name, task metadata)``.
 
-    ``inputs`` are the parent's descriptors of the input files, for tensors the worker sent as
-    references into them.
+    ``inputs`` are the parent's descriptors of the input files, for tensors and storages the
+    worker sent as references into them; ``name`` labels refusals like an in-process read.
     """
     size = os.fstat(fd).st_size
     if not 8 <= size <= max_bytes:
@@ -486,36 +636,46 @@ def decode_result(
         raise _protocol("the worker's result failed safeload's header checks",
                         exc.diagnostics()) from exc  # fmt: skip
     meta = parsed.metadata
-    if set(meta) != {_SKELETON_KEY, _META_KEY, _FILEREFS_KEY}:
-        raise _protocol("result metadata is missing the skeleton")
+    if not _REQUIRED_KEYS <= set(meta) <= _ALLOWED_KEYS:
+        raise _protocol("result metadata is missing the skeleton or has unknown keys")
     try:
         skeleton = json.loads(meta[_SKELETON_KEY])
         task_meta = json.loads(meta[_META_KEY])
+        specs = json.loads(meta.get(_SPECS_KEY, "[]"))
     except (ValueError, RecursionError) as exc:
         raise _protocol("result skeleton is not JSON", str(exc)) from exc
     if not isinstance(task_meta, dict):
         raise _protocol("task metadata is not an object")
+    if not isinstance(specs, list) or len(specs) > limits.max_tensors:
+        raise _protocol("tensor views are not a list or more than limits.max_tensors")
     if task_meta.get("arrays") == "numpy":  # NumPy files give NumPy arrays, as in-process
         framework = "numpy"
-    tensors = _file_tensors(meta[_FILEREFS_KEY], inputs, limits, framework)
-    for name, spec in parsed.specs.items():
-        numel, shape, offset = spec.storage.numel, spec.shape, parsed.offsets[name]
-        if framework == "torch" and not name.startswith("n"):
+    maps = _InputMaps(inputs)
+    tensors = _file_tensors(meta[_FILEREFS_KEY], maps, limits, framework)
+    storages = _storage_refs(meta.get(_STORAGES_KEY), maps, limits)
+    for tname, spec in parsed.specs.items():
+        numel, shape, offset = spec.storage.numel, spec.shape, parsed.offsets[tname]
+        if tname.startswith("s"):  # a reader storage: raw bytes the materialiser views
+            if spec.dtype != "uint8" or len(shape) != 1:
+                raise _protocol("a storage in the result is not flat bytes")
+            storages[tname] = memoryview(mm)[offset : offset + numel]
+        elif framework == "torch" and not tname.startswith("n"):
             import torch
 
             tdt = torch_dtype(spec.dtype)
             if numel == 0:
-                tensors[name] = torch.empty(shape, dtype=tdt)
+                tensors[tname] = torch.empty(shape, dtype=tdt)
             else:
-                tensors[name] = torch.frombuffer(mm, dtype=tdt, count=numel,
-                                                 offset=offset).reshape(shape)  # fmt: skip
+                tensors[tname] = torch.frombuffer(mm, dtype=tdt, count=numel,
+                                                  offset=offset).reshape(shape)  # fmt: skip
         else:
             npdt = DTYPES[spec.dtype].require_numpy()
-            tensors[name] = np.frombuffer(mm, dtype=npdt, count=numel, offset=offset).reshape(
+            tensors[tname] = np.frombuffer(mm, dtype=npdt, count=numel, offset=offset).reshape(
                 shape
             )
-    decoder = _Decoder(tensors, limits, framework)
+    decoder = _Decoder(tensors, limits, framework, specs, storages)
     value = decoder.decode(skeleton)
-    if decoder.used != set(tensors):
+    if decoder.used != set(tensors) | set(storages) or len(decoder.built) != len(specs):
         raise _protocol("result carries tensors the skeleton does not use")
-    return value, tensors, task_meta
+    value, built = _materialize(value, decoder, framework, limits, name)
+    return value, {**tensors, **built}, task_meta

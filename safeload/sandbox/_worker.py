@@ -66,7 +66,7 @@ FD_REPLY = 3
 FD_RESULT = 4
 FIRST_INPUT_FD = 5
 TEST_TASKS_ENV = "SAFELOAD_SANDBOX_TEST_TASKS"
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 MAX_REQUEST = 1 << 16
 MAX_INPUTS = 256
 
@@ -81,6 +81,9 @@ class TaskContext:
     limits: Limits
     output_dir: Path | None
     params: dict[str, Any]
+    storages: dict[str, Any] = field(default_factory=dict)
+    """Storages by key that :class:`~safeload.formats._types.TensorSpec` values in the result
+    view (the ``read`` task sets them); sent once each, as file regions where possible."""
     _maps: dict[int, mmap.mmap] = field(default_factory=dict)
 
     def data(self, index: int) -> memoryview:
@@ -128,14 +131,26 @@ def _task_safetensors(ctx: TaskContext) -> TaskResult:
 
 
 def _task_read(ctx: TaskContext) -> TaskResult:
-    """``safeload.formats.read`` with NumPy arrays (torch is never imported in the worker)."""
-    formats = importlib.import_module("safeload.formats")
-    result = formats.read(ctx.data(0), name=ctx.names[0], limits=ctx.limits, framework="numpy")
-    fmt = str(getattr(result.format, "value", result.format))
+    """``safeload.formats.read`` up to, not including, building tensors.
+
+    Every check ``read`` makes runs here (container, pickle program, CRCs, every view against
+    its storage); what comes back is the value with its tensor *placeholders* and the storages
+    they view. The parent builds the tensors with the same materialiser an in-process read uses,
+    so ``nn.Parameter``, shared storages and quantized tensors come back as they would
+    in-process (torch is never imported in the worker). NumPy files give NumPy arrays.
+    """
+    from safeload.formats import _read
+
+    name, limits = ctx.names[0], ctx.limits
+    parsed = _read._parse(ctx.data(0), name=name, limits=limits)
+    fmt = str(getattr(parsed.format, "value", parsed.format))
     meta: dict[str, Any] = {"format": fmt}
     if fmt in ("numpy", "npz"):
         meta["arrays"] = "numpy"  # NumPy files give NumPy arrays whatever the framework
-    return result.value, meta
+        return _read._build(parsed, limits=limits, name=name, framework="numpy").value, meta
+    _read._table(parsed, limits, name)  # refuses bad views and too many tensors, as read does
+    ctx.storages = parsed.storages
+    return parsed.value, meta
 
 
 TASKS: dict[str, Task] = {
@@ -274,7 +289,7 @@ def _run(request: dict[str, Any], reports: list[_layers.LayerReport]) -> dict[st
     value, meta = task(ctx)
     from safeload.sandbox._transport import encode_result
 
-    encode_result(FD_RESULT, value, meta, ctx.regions())
+    encode_result(FD_RESULT, value, meta, ctx.regions(), ctx.storages)
     return {"ok": True}
 
 
