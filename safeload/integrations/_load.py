@@ -14,16 +14,23 @@ import logging
 import mmap as _mmap
 import os
 import stat
-from collections.abc import Mapping
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import IO, Any, Literal
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any, Literal
 
-from safeload.errors import SourceError, UsageError
+from safeload.errors import PolicyViolation, SafeloadError, SandboxError, SourceError, UsageError
 from safeload.formats._detect import Format
 from safeload.formats._read import ReadResult, TensorInfo, analyze, read, unsafe_globals
+from safeload.formats._safe_globals import SafeGlobal
 from safeload.formats._zip import StreamingCrc, central_entries
 from safeload.policy import Limits, Policy
+
+if TYPE_CHECKING:
+    from safeload.policy import PolicyGate
 
 __all__ = ["ModelInfo", "get_unsafe_globals", "inspect", "load"]
 
@@ -292,6 +299,7 @@ def load(
     framework: Literal["torch", "numpy"] = "torch",
     limits: Limits | None = None,
     policy: Policy | str | os.PathLike[str] | None = None,
+    sandbox: bool | None = None,
     **pickle_load_args: Any,
 ) -> Any:
     """Load a model file's tensors and plain values, running nothing the file names.
@@ -305,7 +313,15 @@ def load(
     ``policy`` (a ``Policy`` or a policy file) or, when not passed, a configured policy
     (``$SAFELOAD_POLICY``, ``./safeload.toml``, ``[tool.safeload]``, ``/etc/safeload``) sets
     the limits (a caller's ``limits`` only lowers them) and decides after reading; each
-    decision is audited, and in audit mode a violating file still loads.
+    decision is audited, and in audit mode a violating file still loads. With no policy at
+    all the built-in default decides (raw pickles, for one, are not in its allowed formats).
+    The policy's ``pickle.extra_globals`` narrows which ``add_safe_globals`` classes the
+    pickle reader may build.
+
+    ``sandbox``: ``None`` lets the policy decide (``sandbox.mode``; a verified file counts as
+    trusted), ``True`` parses in the sandboxed worker (a ``SandboxError`` if it cannot run
+    with the policy's ``required_layers``), ``False`` parses in-process, which the policy
+    refuses before reading when it requires the sandbox for this file.
     """
     device = _check_options(map_location, pickle_module, weights_only, pickle_load_args)
     if framework not in ("torch", "numpy"):
@@ -313,16 +329,26 @@ def load(
     if framework == "numpy" and device is not None:
         raise UsageError("map_location needs framework='torch'", rule="load.map_location")
     from safeload.formats._safe_globals import get_safe_globals
-    from safeload.policy import policy_gate
+    from safeload.policy import policy_gate, select_extra_globals
 
     gate = policy_gate(policy, limits, source=f, registered_globals=get_safe_globals())
     limits = gate.limits
-    data, name, crcs = _bytes_of(f, use_mmap=bool(mmap), limits=limits, take=True)
-    result = _read_buffer(data, name=name, limits=limits, framework=framework, known_crcs=crcs)
-    if gate.configured:
+    if _use_sandbox(sandbox, gate, f):
+        value, name = _load_sandboxed(f, gate, framework)
+    else:
+        extra = select_extra_globals(gate.policy, get_safe_globals())
+        data, name, crcs = _bytes_of(f, use_mmap=bool(mmap), limits=limits, take=True)
+        result = _read_buffer(
+            data,
+            name=name,
+            limits=limits,
+            framework=framework,
+            known_crcs=crcs,
+            safe_globals=extra,
+        )
         shapes = [t.shape for t in result.tensors]
         gate.check(data, name=name, fmt=result.format.value, shapes=shapes)
-    value = result.value
+        value = result.value
     if device is not None:
         try:
             value = _move(value, device)
@@ -343,12 +369,20 @@ def _read_buffer(
     limits: Limits,
     framework: Literal["torch", "numpy"],
     known_crcs: Mapping[tuple[int, int], int] | None = None,
+    safe_globals: Mapping[str, SafeGlobal] | None = None,
 ) -> ReadResult:
     """The one place where the file's bytes, its format and its tensor table are all known.
 
     Policy decisions and audit events hook in here (after reading, before returning).
     """
-    result = read(data, name=name, limits=limits, framework=framework, known_crcs=known_crcs)
+    result = read(
+        data,
+        name=name,
+        limits=limits,
+        framework=framework,
+        known_crcs=known_crcs,
+        safe_globals=safe_globals,
+    )
     logger.debug(
         "loaded %s: %s, %d tensors, %d bytes",
         name or "<buffer>",
@@ -357,6 +391,111 @@ def _read_buffer(
         len(data),
     )
     return result
+
+
+# -- the sandbox -----------------------------------------------------------------------------
+def _trusted(f: object, gate: PolicyGate) -> bool:
+    """A file ``safeload.verify`` returned: it only exists once a trusted signer checked out."""
+    from safeload.signing import VerifiedFile
+
+    return gate.verified and isinstance(f, VerifiedFile)
+
+
+def _use_sandbox(sandbox: bool | None, gate: PolicyGate, f: object) -> bool:
+    from safeload.policy import needs_sandbox
+
+    if sandbox is not None and type(sandbox) is not bool:
+        raise UsageError("sandbox must be True, False or None", rule="load.sandbox")
+    required = needs_sandbox(gate.policy, verified=_trusted(f, gate))
+    if sandbox is False and required and gate.policy.mode == "enforce":
+        # Refuse before any byte is parsed: parsing in-process is what the policy forbids.
+        raise PolicyViolation(
+            f"refused by policy: sandbox mode {gate.policy.sandbox.mode!r} requires parsing "
+            "in the sandbox worker, and sandbox=False was passed",
+            path=_name_of(f) or None,
+            rule="sandbox.mode",
+            detail="pass sandbox=None (the policy decides) or sandbox=True",
+        )
+    return required if sandbox is None else sandbox
+
+
+def _load_sandboxed(
+    f: object, gate: PolicyGate, framework: Literal["torch", "numpy"]
+) -> tuple[Any, str]:
+    """Parse in the worker; decide on what it returned; give back (value, name).
+
+    The worker reads a file descriptor its parent opened: the caller's path itself (checked
+    not to have been swapped meanwhile), or, for bytes, file objects and verified files, a
+    private temporary copy of exactly the bytes we hold, so a verified file is never re-read
+    from its path. The format is the one the worker's reader detected; the tensor shapes are
+    those of the arrays that came back.
+    """
+    from safeload.sandbox import run_in_sandbox
+
+    limits = gate.limits
+    data, name, _ = _bytes_of(f, use_mmap=True, limits=limits)
+    with _sandbox_input(f, data, name) as (path, before):
+        try:
+            result = run_in_sandbox(
+                "read",
+                [path],
+                limits=limits,
+                required_layers=gate.policy.sandbox.required_layers,
+                framework=framework,
+            )
+        except SafeloadError as exc:
+            exc.path = _caller_path(exc.path, path, name)
+            raise
+        if before is not None and _identity(path) != before:
+            raise SourceError(
+                "file changed while it was being loaded", path=name or None, rule="source.read"
+            )
+    fmt = result.meta.get("format")
+    if fmt not in {f.value for f in Format}:
+        raise SandboxError(
+            "the worker reported no known format", path=name or None, rule="sandbox.result"
+        )
+    shapes: Sequence[tuple[int, ...]] = [tuple(t.shape) for t in result.tensors.values()]
+    gate.check(data, name=name, fmt=str(fmt), shapes=shapes, sandboxed=True)
+    return result.value, name
+
+
+def _caller_path(reported: str | None, path: Path, name: str) -> str | None:
+    """Name the caller's file in errors, not the resolved path or our temporary copy."""
+    if reported is None:
+        return name or None
+    for prefix in (str(path), path.name):
+        if reported == prefix or reported.startswith(prefix + ":"):
+            return (name or "<buffer>") + reported[len(prefix) :]
+    return reported
+
+
+def _identity(path: Path) -> tuple[int, int, int, int]:
+    st = path.stat()
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+@contextmanager
+def _sandbox_input(
+    f: object, data: memoryview, name: str
+) -> Iterator[tuple[Path, tuple[int, int, int, int] | None]]:
+    """A path the worker may open: the caller's own file, or a private copy of ``data``."""
+    if isinstance(f, (str, os.PathLike)):
+        # The in-process reader follows links the caller named; the worker refuses links, so
+        # hand it the resolved file (the same one _bytes_of just read).
+        path = Path(os.path.realpath(f))
+        yield path, _identity(path)
+        return
+    with tempfile.TemporaryDirectory(prefix="safeload-sandbox-") as tmp:
+        path = Path(tmp) / "input"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            view = memoryview(data).cast("B")
+            while view:
+                view = view[os.write(fd, view) :]
+        finally:
+            os.close(fd)
+        yield path, None
 
 
 def inspect(path: Any, *, limits: Limits | None = None) -> ModelInfo:
