@@ -264,6 +264,13 @@ def test_hf_cache_reference_resolves_offline(bert: tuple[Any, Path], tmp_path: P
         loaded = safeload.from_pretrained(transformers.BertModel, ref, revision=revision)
         assert torch.equal(_out(model), _out(loaded))
     assert safeload.from_pretrained(None, snapshot).root == str(snapshot)
+    monkeypatch.delenv("HF_HUB_CACHE")
+    got = safeload.from_pretrained("bert", "org/tiny", cache_dir=cache, map_location="meta")
+    assert got.state_dict["pooler.dense.weight"].is_meta
+    with pytest.raises(safeload.PolicyViolation):  # a snapshot given by path names its repo too
+        safeload.from_pretrained(None, snapshot, policy=Policy.model_validate(
+            {"sources": {"allowed_repos": ["other/*"]}}))
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
     with pytest.raises(safeload.SourceError):
         safeload.from_pretrained(None, "org/absent")
     with pytest.raises(safeload.PolicyViolation):

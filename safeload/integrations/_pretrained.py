@@ -19,6 +19,7 @@ import fnmatch
 import json
 import logging
 import os
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -105,23 +106,7 @@ def _is_hf_snapshot(folder: Path) -> bool:
     return parent.name == "snapshots" and parent.parent.name.startswith(_HF_REPO_PREFIXES)
 
 
-def _resolve(path_or_ref: str | os.PathLike[str], revision: str | None, policy: Policy
-             ) -> tuple[Path, str | None, str | None]:
-    """The folder to read, and the repo id and revision when it came from the HF cache."""
-    text = os.fspath(path_or_ref)
-    if Path(text).is_dir():
-        if revision is not None:
-            raise UsageError("revision applies to a Hugging Face reference, not a folder",
-                             path=text, rule="pretrained.revision")
-        return Path(text), None, None
-    if os.path.lexists(text) or "/" not in text or text.startswith((".", "/")):
-        raise SourceError("model folder not found", path=text, rule="source.folder")
-    if revision is not None:
-        if "@" in text:
-            raise UsageError("give the revision once: in the reference or as revision=",
-                             path=text, rule="pretrained.revision")
-        text = f"{text}@{revision}"
-    repo, rev = parse_hf_ref(text)
+def _check_repo(repo: str, policy: Policy) -> None:
     allowed = policy.sources.allowed_repos
     if allowed is not None and not any(fnmatch.fnmatchcase(repo, p) for p in allowed):
         error = PolicyViolation(f"repo {repo!r} is not an allowed source",
@@ -129,8 +114,33 @@ def _resolve(path_or_ref: str | os.PathLike[str], revision: str | None, policy: 
         if policy.mode != "audit":
             raise error
         logger.warning("%s (audit mode: continuing)", error)
-    folder = resolve_hf_ref(text, require_revision=policy.sources.require_revision)
-    return folder, repo, rev
+
+
+def _resolve(path_or_ref: str | os.PathLike[str], revision: str | None, policy: Policy,
+             cache_dir: str | os.PathLike[str] | None) -> Path:
+    """The folder to read: a local folder, or the cache snapshot a reference names."""
+    text = os.fspath(path_or_ref)
+    if Path(text).is_dir():
+        if revision is not None:
+            raise UsageError("revision applies to a Hugging Face reference, not a folder",
+                             path=text, rule="pretrained.revision")
+        folder = Path(text)
+        if _is_hf_snapshot(folder):  # a snapshot given by path still names its repo
+            repo_dir = folder.absolute().parent.parent.name
+            _check_repo(repo_dir.partition("--")[2].replace("--", "/"), policy)
+        return folder
+    if os.path.lexists(text) or "/" not in text or text.startswith((".", "/")):
+        raise SourceError("not a model folder or a Hugging Face reference", path=text,
+                          rule="source.folder")
+    if revision is not None:
+        if "@" in text:
+            raise UsageError("give the revision once: in the reference or as revision=",
+                             path=text, rule="pretrained.revision")
+        text = f"{text}@{revision}"
+    repo, _ = parse_hf_ref(text)
+    _check_repo(repo, policy)
+    return resolve_hf_ref(text, cache_dir=cache_dir,
+                          require_revision=policy.sources.require_revision)
 
 
 def _open_folder(folder: Path, policy: Policy, *, verify: bool) -> _Folder:
@@ -240,7 +250,7 @@ def _load_weights(folder: _Folder, files: list[str], weight_map: dict[str, str] 
 
 
 def _is_torch_tensor(value: object) -> bool:
-    torch = __import__("sys").modules.get("torch")
+    torch = sys.modules.get("torch")
     return torch is not None and isinstance(value, torch.Tensor)
 
 
@@ -374,12 +384,13 @@ def from_pretrained(
 ) -> Any:
     """Load a Hugging Face-style model folder without running anything it ships.
 
-    ``path_or_ref`` is a local folder or a cached ``org/name[@revision]`` (never downloaded).
-    With a transformers model class (``BertModel``, ``AutoModel``...) the model is built from
+    ``path_or_ref`` is a local folder or a cached ``org/name[@revision]`` (never downloaded;
+    ``cache_dir`` overrides ``HF_HUB_CACHE``). With a transformers model class (``BertModel``, ``AutoModel``...) the model is built from
     ``config.json`` and filled with the folder's weights; ``strict=True`` refuses missing or
     unexpected keys, ``output_loading_info=True`` also returns them, ``dtype`` casts the model,
-    and other keyword arguments override config values as in transformers. With a string (or
-    ``None``) for the class, a :class:`PretrainedState` is returned instead.
+    ``map_location`` moves it, and other keyword arguments override config values as in
+    transformers. With a string (or ``None``) for the class, a :class:`PretrainedState` is
+    returned instead (``map_location`` then applies to its tensors).
 
     ``verify=None`` verifies exactly when the policy requires signatures; ``verify=False``
     under such a policy is refused. ``trust_remote_code=True`` is refused.
@@ -396,7 +407,7 @@ def from_pretrained(
     if verify is False and required:
         raise UsageError("verify=False, but the policy requires signatures",
                          rule="trust.require_signature")
-    root, _repo, _rev = _resolve(path_or_ref, revision, effective)
+    root = _resolve(path_or_ref, revision, effective, kwargs.pop("cache_dir", None))
     folder = _open_folder(root, effective, verify=bool(verify) or required)
     config: dict[str, Any] = {}
     if _CONFIG in folder.sources:
@@ -413,12 +424,16 @@ def from_pretrained(
     build = isinstance(model_cls_or_name, type)
     if build and framework != "torch":
         raise UsageError("building a model needs framework='torch'", rule="load.framework")
+    map_location = kwargs.pop("map_location", None)
     state = _load_weights(folder, files, weight_map, policy=policy, framework=framework,
-                          map_location=None if build else kwargs.pop("map_location", None))
+                          map_location=None if build else map_location)
     if not build:
         if kwargs:
             raise UsageError(f"unexpected arguments without a model class: {', '.join(kwargs)}",
                              rule="pretrained.kwargs")
         return PretrainedState(state, config, str(root), tuple(files), folder.verified, ignored)
     assert isinstance(model_cls_or_name, type)
-    return _build_model(model_cls_or_name, config, state, root=str(root), **kwargs)
+    model = _build_model(model_cls_or_name, config, state, root=str(root), **kwargs)
+    if map_location is not None:
+        (model[0] if isinstance(model, tuple) else model).to(map_location)
+    return model
