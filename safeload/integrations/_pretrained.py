@@ -385,12 +385,13 @@ def from_pretrained(
     """Load a Hugging Face-style model folder without running anything it ships.
 
     ``path_or_ref`` is a local folder or a cached ``org/name[@revision]`` (never downloaded;
-    ``cache_dir`` overrides ``HF_HUB_CACHE``). With a transformers model class (``BertModel``, ``AutoModel``...) the model is built from
-    ``config.json`` and filled with the folder's weights; ``strict=True`` refuses missing or
-    unexpected keys, ``output_loading_info=True`` also returns them, ``dtype`` casts the model,
-    ``map_location`` moves it, and other keyword arguments override config values as in
-    transformers. With a string (or ``None``) for the class, a :class:`PretrainedState` is
-    returned instead (``map_location`` then applies to its tensors).
+    ``cache_dir`` overrides ``HF_HUB_CACHE``). With a transformers model class (``BertModel``,
+    ``AutoModel``...) the model is built from ``config.json`` and filled with the folder's
+    weights; ``strict=True`` refuses missing or unexpected keys, ``output_loading_info=True``
+    also returns them, ``dtype`` casts the model, ``map_location`` moves it, and other keyword
+    arguments override config values as in transformers. With a string (or ``None``) for the
+    class, a :class:`PretrainedState` is returned instead (``map_location`` then applies to
+    its tensors).
 
     ``verify=None`` verifies exactly when the policy requires signatures; ``verify=False``
     under such a policy is refused. ``trust_remote_code=True`` is refused.
