@@ -5,6 +5,7 @@ Each test builds the hostile folder for real (deep trees, odd names, FIFOs) in `
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import threading
@@ -24,17 +25,28 @@ from safeload.source import ModelEntry, check_relative_name, list_model_files
 def test_deeply_nested_folder_is_listed_not_a_recursion_error(tmp_path: Path) -> None:
     """The recursive walk raised a bare ``RecursionError`` on a folder 1100 levels deep (a
     cloned repo can be shaped like that): a crash instead of a ``SafeloadError``."""
-    here = os.getcwd()
+    depth, here = 1100, os.getcwd()
+    os.chdir(tmp_path)
     try:
-        os.chdir(tmp_path)
-        for _ in range(1100):
+        for _ in range(depth):
             os.mkdir("a")
             os.chdir("a")
         Path("w.bin").write_bytes(b"x")
-    finally:
+        os.chdir(tmp_path)
+        (entry,) = list_model_files(tmp_path)
+        assert entry.name == "a/" * depth + "w.bin"
+    finally:  # pytest's recursive rmtree cannot delete a tree this deep: undo it level by level
+        os.chdir(tmp_path)
+        level = 0
+        while os.path.isdir("a"):
+            os.chdir("a")
+            level += 1
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink("w.bin")
+        for _ in range(level):
+            os.chdir("..")
+            os.rmdir("a")
         os.chdir(here)
-    (entry,) = list_model_files(tmp_path)
-    assert entry.name == "a/" * 1100 + "w.bin"
 
 
 @pytest.mark.parametrize(
