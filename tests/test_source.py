@@ -123,3 +123,63 @@ def test_hf_snapshot_links_into_blobs_verify(tmp_path: Path,
     (snap / "evil").symlink_to(tmp_path / "outside")
     with pytest.raises(safeload.SourceError, match="outside"):
         safeload.verify(snap, policy=settings)
+
+
+def _policy(signer: KeySigner, **sources: object) -> safeload.policy.Policy:
+    """A real policy (as a policy file would give) trusting ``signer``, with ``sources`` rules."""
+    from safeload.policy import Policy
+
+    return Policy.model_validate({
+        "trust": {"signers": [signer.model_dump()], "allow_symlinks": True},
+        "sources": sources,
+    })
+
+
+@pytest.fixture
+def signed_hf(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> KeySigner:
+    snap = _hf_cache(tmp_path / "hub")
+    priv, pub = write_key(tmp_path / "k.pem", ec.generate_private_key(ec.SECP256R1()))
+    safeload.sign(snap, method="key", private_key=priv, allow_symlinks=True)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    return KeySigner(public_key=str(pub))
+
+
+def test_verify_hf_ref_needs_a_pinned_commit_when_policy_says_so(signed_hf: KeySigner) -> None:
+    policy = _policy(signed_hf, require_revision=True)
+    with pytest.raises(safeload.SourceError, match="pin") as info:
+        safeload.verify("org/tiny@main", policy=policy)
+    assert info.value.rule == "sources.require_revision"
+    with pytest.raises(safeload.SourceError, match="pin"):
+        safeload.verify("org/tiny", policy=policy)  # no revision means "main"
+    model = safeload.verify(f"org/tiny@{SHA}", policy=policy)
+    assert sorted(model.files) == ["config.json", "model.bin"]
+
+
+def test_verify_hf_ref_outside_allowed_repos_is_refused(signed_hf: KeySigner) -> None:
+    with pytest.raises(safeload.PolicyViolation, match="not an allowed source") as info:
+        safeload.verify("org/tiny", policy=_policy(signed_hf, allowed_repos=["other/*"]))
+    assert info.value.rule == "sources.allowed_repos"
+    with pytest.raises(safeload.PolicyViolation):
+        safeload.verify("org/tiny", policy=_policy(signed_hf, allowed_repos=[]))
+    assert len(safeload.verify("org/tiny", policy=_policy(signed_hf, allowed_repos=["org/*"])))
+    assert len(safeload.verify("org/tiny", policy=_policy(signed_hf, allowed_repos=["org/tiny"])))
+
+
+def test_verify_hf_ref_audit_mode_logs_and_continues(
+        signed_hf: KeySigner, caplog: pytest.LogCaptureFixture) -> None:
+    from safeload.policy import Policy
+
+    policy = Policy.model_validate({**_policy(signed_hf, allowed_repos=["other/*"]).model_dump(),
+                                    "mode": "audit"})
+    with caplog.at_level("WARNING", logger="safeload.signing._verify"):
+        model = safeload.verify("org/tiny", policy=policy)
+    assert len(model) == 2
+    assert "not an allowed source" in caplog.text
+
+
+def test_sources_rules_do_not_apply_to_plain_folders(tmp_path: Path,
+                                                     signed_hf: KeySigner) -> None:
+    # A local folder has no repo or revision: the rules are about where a ref points.
+    snap = tmp_path / "hub" / "models--org--tiny" / "snapshots" / SHA
+    policy = _policy(signed_hf, allowed_repos=[], require_revision=True)
+    assert len(safeload.verify(snap, policy=policy)) == 2

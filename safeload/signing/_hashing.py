@@ -184,8 +184,7 @@ def _hash_range(f: _Open, start: int, end: int, hasher: _Hasher, progress: _Prog
     off = start
     while off < end:
         want = min(_CHUNK, end - off)
-        kept = f.buffer is not None
-        target = memoryview(f.buffer)[off:off + want] if kept else _scratch()[:want]  # type: ignore[arg-type]
+        target = memoryview(f.buffer)[off:off + want] if f.buffer is not None else _scratch()[:want]
         n = os.preadv(f.fd, [target], off)
         if n <= 0:
             raise SourceError("file shrank while it was being hashed", path=str(f.entry.path),

@@ -73,7 +73,7 @@ def sign(
         chain = [c for p in cert_chain for c in load_certificates(p)]
         bundle = sign_certificate(payload, key, leaf[0], chain)
     elif method == "sigstore":
-        from safeload.signing._sigstore import sign_sigstore  # type: ignore[import-not-found,unused-ignore]
+        from safeload.signing._sigstore import sign_sigstore
 
         bundle = sign_sigstore(payload, identity_token=identity_token,
                                trust_config=None if trust_config is None else Path(trust_config))

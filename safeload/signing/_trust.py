@@ -85,6 +85,12 @@ class TrustSettings:
     allow_unsafe_mmap: bool = False
     max_file_bytes: int | None = None
     max_total_bytes: int | None = None
+    allowed_repos: tuple[str, ...] | None = None
+    """Hugging Face repo ids or globs a ``org/name@rev`` path may name (None: any)."""
+    require_revision: bool = False
+    """A Hugging Face path must pin a 40-hex commit, not a branch that can move."""
+    audit: bool = False
+    """Policy mode ``audit``: a repo outside ``allowed_repos`` is logged, not refused."""
     policy: Any = None
     """The policy object these settings came from (passed on to Sigstore), if any."""
 
@@ -111,9 +117,17 @@ def settings_from_policy(policy: Any) -> TrustSettings:
         policy = effective_policy(policy)
     trust = getattr(policy, "trust", None)
     limits = getattr(policy, "limits", None)
+    sources = getattr(policy, "sources", None)
+    repos = getattr(sources, "allowed_repos", None)
+    source_rules: dict[str, Any] = {
+        "allowed_repos": None if repos is None else tuple(str(r) for r in repos),
+        "require_revision": bool(getattr(sources, "require_revision", False)),
+        "audit": getattr(policy, "mode", None) == "audit",
+    }
     if trust is None:
-        return TrustSettings(policy=policy)
+        return TrustSettings(policy=policy, **source_rules)
     return TrustSettings(
+        **source_rules,
         signers=tuple(getattr(trust, "signers", ()) or ()),
         min_signers=int(getattr(trust, "min_signers", 1)),
         allow_ca_leaf=bool(getattr(trust, "allow_ca_leaf", False)),

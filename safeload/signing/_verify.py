@@ -15,6 +15,7 @@ call's and the policy's) make a present file disappear from the report as well.
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import logging
 import os
@@ -23,7 +24,13 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from safeload.errors import SafeloadError, SourceError, UsageError, VerificationError
+from safeload.errors import (
+    PolicyViolation,
+    SafeloadError,
+    SourceError,
+    UsageError,
+    VerificationError,
+)
 from safeload.signing._bundle import MAX_BUNDLE_BYTES, ParsedBundle, parse_bundle
 from safeload.signing._certificate import load_certificates, verify_certificate
 from safeload.signing._hashing import FileResult, Keep, Progress, hash_entries, shard_ranges
@@ -31,7 +38,13 @@ from safeload.signing._key import load_public_key, verify_key
 from safeload.signing._manifest import Manifest, parse_statement, split_shard_name
 from safeload.signing._trust import TrustSettings, settings_from_policy
 from safeload.signing._verified import VerifiedFile, VerifiedModel, _Owned
-from safeload.source import ModelEntry, list_model_files, path_matcher, resolve_hf_ref
+from safeload.source import (
+    ModelEntry,
+    list_model_files,
+    parse_hf_ref,
+    path_matcher,
+    resolve_hf_ref,
+)
 
 __all__ = ["relative_ignore_paths", "verify", "verify_signature_file"]
 
@@ -117,7 +130,7 @@ def _verify_bundle(bundle: ParsedBundle, settings: TrustSettings, *, offline: bo
     if not signers:
         raise VerificationError("no trusted Sigstore identity configured", rule="trust.signers")
     try:
-        from safeload.signing._sigstore import verify_sigstore  # type: ignore[import-not-found,unused-ignore]
+        from safeload.signing._sigstore import verify_sigstore
     except ImportError:
         raise VerificationError("Sigstore verification is not available in this build",
                                 rule="trust.signers") from None
@@ -126,14 +139,31 @@ def _verify_bundle(bundle: ParsedBundle, settings: TrustSettings, *, offline: bo
     return str(who), bytes(payload), False
 
 
-def _resolve_root(path: str | os.PathLike[str]) -> Path:
+def _resolve_root(path: str | os.PathLike[str], settings: TrustSettings) -> Path:
     root = Path(path)
     text = os.fspath(path)
     if not root.exists() and "/" in text and not text.startswith((".", "/")):
-        return resolve_hf_ref(text)
+        return _resolve_hf(text, settings)
     if not root.is_dir():
         raise SourceError("model folder not found", path=text, rule="source.folder")
     return root
+
+
+def _resolve_hf(ref: str, settings: TrustSettings) -> Path:
+    """A cached Hugging Face snapshot, if the policy's ``sources`` rules allow this ref.
+
+    The same rules ``from_pretrained`` applies, so a signature cannot launder a repo the
+    policy does not allow, and a branch name cannot stand in for a pinned commit.
+    """
+    repo, _ = parse_hf_ref(ref)
+    allowed = settings.allowed_repos
+    if allowed is not None and not any(fnmatch.fnmatchcase(repo, p) for p in allowed):
+        error = PolicyViolation(f"repo {repo!r} is not an allowed source", path=ref,
+                                rule="sources.allowed_repos", detail=", ".join(allowed) or "none")
+        if not settings.audit:
+            raise error
+        logger.warning("%s (audit mode: continuing)", error)
+    return resolve_hf_ref(ref, require_revision=settings.require_revision)
 
 
 def _expected_names(entry: ModelEntry, manifest: Manifest) -> list[str]:
@@ -185,11 +215,11 @@ def verify(
     ``safeload.load(verified.files[name])`` safe); ``unsafe_mmap`` maps the files instead and
     trusts nobody writes them afterwards; it is refused unless the policy allows it.
     """
-    root = _resolve_root(path)
     settings = settings_from_policy(policy).with_overrides(
         allow_ca_leaf=allow_ca_leaf, min_signers=min_signers,
         trust_config=None if trust_config is None else Path(trust_config),
     )
+    root = _resolve_root(path, settings)
     if signers is not None:
         settings = settings.with_overrides(signers=tuple(signers))
     if not settings.signers:
