@@ -347,7 +347,7 @@ def load(
             safe_globals=extra,
         )
         shapes = [t.shape for t in result.tensors]
-        gate.check(data, name=name, fmt=result.format.value, shapes=shapes)
+        _decide(gate, data, name=name, fmt=result.format.value, shapes=shapes, sandboxed=False)
         value = result.value
     if device is not None:
         try:
@@ -391,6 +391,27 @@ def _read_buffer(
         len(data),
     )
     return result
+
+
+def _decide(
+    gate: PolicyGate,
+    data: memoryview,
+    *,
+    name: str,
+    fmt: str,
+    shapes: Sequence[Sequence[int]],
+    sandboxed: bool,
+) -> None:
+    """The policy's verdict on what was read (always: with no policy, the default's)."""
+    try:
+        gate.check(data, name=name, fmt=fmt, shapes=shapes, sandboxed=sandboxed)
+    except PolicyViolation as exc:
+        if exc.rule == "formats.allowed":
+            exc.detail = (
+                f"{exc.detail}; to allow it, add {fmt!r} to formats.allowed in your policy "
+                "(safeload.toml, or load(..., policy=...))"
+            )
+        raise
 
 
 # -- the sandbox -----------------------------------------------------------------------------
@@ -456,7 +477,7 @@ def _load_sandboxed(
             "the worker reported no known format", path=name or None, rule="sandbox.result"
         )
     shapes: Sequence[tuple[int, ...]] = [tuple(t.shape) for t in result.tensors.values()]
-    gate.check(data, name=name, fmt=str(fmt), shapes=shapes, sandboxed=True)
+    _decide(gate, data, name=name, fmt=str(fmt), shapes=shapes, sandboxed=True)
     return result.value, name
 
 
