@@ -157,9 +157,28 @@ def _repos(parent: tuple[str, ...] | None, child: tuple[str, ...] | None) -> tup
         return child, None
     if child is None:
         return parent, "allows any repo where the parent has a list"
-    outside = [c for c in child if not any(fnmatch.fnmatchcase(c, p) for p in parent)]
+    outside = [c for c in child if not any(_covers(p, c) for p in parent)]
     merged = tuple(c for c in child if c not in outside)
     return merged, (f"adds {_show(outside)} not covered by the parent" if outside else None)
+
+
+_GLOB_CHARS = frozenset("*?[")
+
+
+def _covers(parent: str, child: str) -> bool:
+    """True only when every repo ``child`` matches is matched by ``parent`` too.
+
+    Matching the child *pattern* as a string against the parent is not that: ``org/a*c`` is
+    "matched" by ``org/a?c`` (``*`` is one character) yet allows ``org/abbbc``. Sound cases
+    only: the same pattern, a literal the parent matches, or a parent ``prefix*`` (a plain
+    prefix) that the child's own plain prefix extends. Anything else is refused as wider.
+    """
+    if child == parent:
+        return True
+    if not _GLOB_CHARS & set(child):
+        return fnmatch.fnmatchcase(child, parent)
+    prefix = parent[:-1]
+    return parent.endswith("*") and not _GLOB_CHARS & set(prefix) and child.startswith(prefix)
 
 
 def _globals(parent: tuple[Any, ...], child: tuple[Any, ...]) -> tuple[Any, str | None]:

@@ -137,11 +137,11 @@ def _read_document(path: Path) -> dict[str, Any]:
     suffix = path.suffix.lower()
     try:
         if suffix == ".json":
-            data = json.loads(text)
+            data = json.loads(text, object_pairs_hook=_unique_keys)
         elif suffix in (".yaml", ".yml"):
-            data = yaml.safe_load(text)
+            data = yaml.load(text, Loader=_StrictYamlLoader)  # noqa: S506 - a SafeLoader
         else:
-            data = tomllib.loads(text)
+            data = tomllib.loads(text)  # TOML itself refuses duplicate keys
     except (ValueError, yaml.YAMLError) as exc:
         raise PolicyError(
             f"policy file is not valid {suffix.lstrip('.').upper() or 'TOML'}",
@@ -151,6 +151,44 @@ def _read_document(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise PolicyError("a policy document must be a table/mapping", path=str(path))
     return data
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """JSON and YAML keep the *last* of two equal keys: a reviewer reads
+    ``"require_signature": true`` while a later duplicate turns it off. Refused instead."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"duplicate key {key!r}")
+        out[key] = value
+    return out
+
+
+class _StrictYamlLoader(yaml.SafeLoader):
+    """``SafeLoader`` that refuses duplicate keys and ``<<`` merge keys.
+
+    A merge key imports a whole mapping whose values the explicit keys beside it silently
+    override; policies inherit through ``extends``, which is tighten-only and audited.
+    """
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                raise yaml.constructor.ConstructorError(
+                    None, None, "'<<' merge keys are not allowed; use extends", key_node.start_mark
+                )
+            key = self.construct_object(key_node, deep=True)
+            try:
+                duplicate = key in seen
+                seen.add(key)
+            except TypeError:  # an unhashable key; the base constructor refuses it
+                continue
+            if duplicate:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark
+                )
+        return super().construct_mapping(node, deep=deep)
 
 
 def _from_document(

@@ -1,0 +1,133 @@
+"""Red-team findings in policy loading and tighten-only layering.
+
+Policies are written by operators, but reviewed by people: a file whose effective value is not
+the one a reviewer reads, or a child that widens its parent while passing the tighten-only
+check, defeats the point of layering.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from safeload.errors import PolicyError
+from safeload.policy import load_policy
+
+
+def _write(folder: Path, name: str, text: str) -> Path:
+    path = folder / name
+    path.write_text(text)
+    return path
+
+
+# --- documents whose effective value is not the one a reviewer reads --------------------------
+def test_json_duplicate_keys_are_refused(tmp_path: Path) -> None:
+    """``json.loads`` keeps the last duplicate: ``"mode": "enforce"`` then ``"mode": "audit"``
+    read as enforce and ran as audit."""
+    p = _write(tmp_path, "p.json", '{"version": 1, "mode": "enforce", "mode": "audit"}')
+    with pytest.raises(PolicyError, match="duplicate key 'mode'"):
+        load_policy(p)
+
+
+def test_yaml_duplicate_keys_are_refused(tmp_path: Path) -> None:
+    text = "version: 1\ntrust:\n  allow_symlinks: false\n  allow_symlinks: true\n"
+    with pytest.raises(PolicyError, match="duplicate key 'allow_symlinks'"):
+        load_policy(_write(tmp_path, "p.yaml", text))
+
+
+def test_yaml_merge_keys_are_refused(tmp_path: Path) -> None:
+    """``<<: *strict`` reads as "the strict settings", while a key beside it overrides one of
+    them; inheritance goes through ``extends``, which checks every field."""
+    text = (
+        "version: 1\n"
+        "x-strict: &strict {allow_symlinks: false, require_signature: false}\n"
+        "trust:\n  <<: *strict\n  allow_symlinks: true\n"
+    )
+    with pytest.raises(PolicyError, match="merge keys"):
+        load_policy(_write(tmp_path, "p.yml", text))
+
+
+def test_toml_duplicate_keys_stay_refused(tmp_path: Path) -> None:
+    text = 'version = 1\nmode = "enforce"\nmode = "audit"\n'
+    with pytest.raises(PolicyError, match="not valid TOML"):
+        load_policy(_write(tmp_path, "p.toml", text))
+
+
+def test_plain_yaml_and_json_policies_still_load(tmp_path: Path) -> None:
+    yaml_text = "version: 1\nmode: audit\nlimits: {max_tensors: 5}\n"
+    y = load_policy(_write(tmp_path, "p.yaml", yaml_text))
+    j = load_policy(_write(tmp_path, "p.json", '{"version": 1, "limits": {"max_tensors": 5}}'))
+    assert y.mode == "audit" and y.limits.max_tensors == j.limits.max_tensors == 5
+
+
+# --- sources.allowed_repos: glob coverage ------------------------------------------------------
+def _layer(tmp_path: Path, parent: list[str], child: list[str]) -> tuple[str, ...] | None:
+    _write(tmp_path, "parent.toml", f"version = 1\n[sources]\nallowed_repos = {parent!r}\n")
+    c = _write(
+        tmp_path,
+        "child.toml",
+        f'version = 1\nextends = ["parent.toml"]\n[sources]\nallowed_repos = {child!r}\n',
+    )
+    return load_policy(c).sources.allowed_repos
+
+
+@pytest.mark.parametrize(
+    ("parent", "child"),
+    [
+        ("org/a?c", "org/a*c"),  # '*' is one character, so the string matched; it allows 'abbbc'
+        ("org/[ab]-model", "org/?-model"),  # '?' is not in [ab] as a string, but 'c-model' is
+        ("org/model-?", "org/model-[0-9]*"),
+        ("org/*-prod", "org/*"),
+    ],
+)
+def test_child_repo_glob_wider_than_parent_is_refused(
+    tmp_path: Path, parent: str, child: str
+) -> None:
+    """Coverage was ``fnmatch(child_pattern, parent_pattern)``: the child's glob characters
+    were matched as plain text, so ``org/a*c`` passed under ``org/a?c`` and widened it."""
+    with pytest.raises(PolicyError, match=r"sources\.allowed_repos"):
+        _layer(tmp_path, [parent], [child])
+
+
+@pytest.mark.parametrize(
+    ("parent", "child"),
+    [
+        ("org/*", "org/model-*"),
+        ("org/*", "org/model"),
+        ("org/a?c", "org/abc"),
+        ("org/[ab]-model", "org/[ab]-model"),
+    ],
+)
+def test_child_repo_glob_inside_parent_is_accepted(tmp_path: Path, parent: str, child: str) -> None:
+    assert _layer(tmp_path, [parent], [child]) == (child,)
+
+
+# --- trust.signers ----------------------------------------------------------------------------
+@pytest.mark.xfail(
+    strict=True,
+    reason="documented design (docs/policy.md: signers accumulate); test_policy_layering "
+    "asserts it; needs the policy owner to adopt min_signers >= parent + added",
+)
+def test_child_adding_a_signer_cannot_widen_who_may_sign(tmp_path: Path) -> None:
+    """Parent: signatures required, one trusted key. A child that adds its own key (and keeps
+    ``min_signers = 1``) passes the tighten-only check, yet a model signed *only* by the new
+    key now verifies: the child widened trust. Sound rule for ``_accumulate``: a child adding
+    k signers must raise ``min_signers`` to at least parent's + k (so a parent signer is still
+    needed), else it loosens."""
+    for k in ("parent.pem", "child.pem"):
+        _write(tmp_path, k, "unused: layering does not read keys")
+    _write(
+        tmp_path,
+        "parent.toml",
+        'version = 1\n[trust]\nrequire_signature = true\nmin_signers = 1\n'
+        '[[trust.signers]]\nmethod = "key"\npublic_key = "parent.pem"\n',
+    )
+    child = _write(
+        tmp_path,
+        "child.toml",
+        'version = 1\nextends = ["parent.toml"]\n'
+        '[[trust.signers]]\nmethod = "key"\npublic_key = "child.pem"\n',
+    )
+    with pytest.raises(PolicyError, match=r"trust\.signers"):
+        load_policy(child)
