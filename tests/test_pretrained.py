@@ -180,6 +180,19 @@ def test_shipped_code_and_auto_map_are_ignored_and_audited(
     assert any("auto_map" in item for item in ignored[0]["ignored"])
     state = safeload.from_pretrained(None, folder)
     assert "auto_map" not in state.config and "modeling_evil.py" in state.ignored_code
+    # A Hub kernel named in the config would be fetched and run by transformers: dropped too.
+    config["attn_implementation"] = "kernels-community/evil-attention"
+    config["text_config"] = {"_attn_implementation": "evil/kernel", "auto_map": {"a": "b.C"}}
+    config["output_attentions"] = False
+    (folder / "config.json").write_text(json.dumps(config))
+    state = safeload.from_pretrained(None, folder)
+    assert "attn_implementation" not in state.config
+    assert state.config["text_config"] == {} and state.config["output_attentions"] is False
+    assert len([i for i in state.ignored_code if i.startswith("config.json:")]) == 4
+    assert torch.equal(_out(model), _out(safeload.from_pretrained(transformers.BertModel, folder)))
+    config["attn_implementation"] = "eager"
+    (folder / "config.json").write_text(json.dumps(config))
+    assert safeload.from_pretrained(None, folder).config["attn_implementation"] == "eager"
     with pytest.raises(safeload.UsageError):
         safeload.from_pretrained(transformers.AutoModel, folder, trust_remote_code=True)
     assert not marker.exists()
@@ -254,6 +267,10 @@ def _hf_cache(root: Path, folder: Path, repo: str = "org/tiny") -> Path:
     return snapshot
 
 
+def _blob(folder: Path) -> str:
+    return hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest()
+
+
 def test_hf_cache_reference_resolves_offline(bert: tuple[Any, Path], tmp_path: Path,
                                              monkeypatch: pytest.MonkeyPatch) -> None:
     model, folder = bert
@@ -297,6 +314,18 @@ def test_hf_cache_link_escaping_the_repo_is_refused(bert: tuple[Any, Path], tmp_
     with pytest.raises(safeload.SourceError) as exc:
         safeload.from_pretrained(transformers.BertModel, "org/tiny")
     assert "outside" in exc.value.message
+    # The snapshot folder itself linked out of the repo folder.
+    (snapshot / "model.safetensors").unlink()
+    (snapshot / "model.safetensors").symlink_to(Path("..", "..", "blobs", _blob(folder)))
+    safeload.from_pretrained(None, "org/tiny")  # repaired: loads again
+    elsewhere = tmp_path / "elsewhere"
+    shutil.copytree(snapshot, elsewhere, symlinks=False)
+    shutil.rmtree(snapshot)
+    snapshot.symlink_to(elsewhere)
+    for ref in ("org/tiny", snapshot):
+        with pytest.raises(safeload.SourceError) as exc:
+            safeload.from_pretrained(None, ref)
+        assert exc.value.rule == "trust.allow_symlinks"
     # A plain folder of links is refused outright unless the policy allows symlinks.
     plain = tmp_path / "links"
     plain.mkdir()

@@ -19,6 +19,7 @@ import fnmatch
 import json
 import logging
 import os
+import re
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -50,6 +51,13 @@ _WEIGHT_CHOICES = (
 # JSON side files are small; a multi-GB "config.json" is an attack on the parser, not a config.
 _MAX_JSON_BYTES = 64 << 20
 _HF_REPO_PREFIXES = ("models--", "datasets--", "spaces--")
+# Config keys that name an implementation transformers loads by name; a built-in name is a
+# plain identifier ("sdpa", "flash_attention_2", "paged|eager"), a Hub kernel has a "/".
+_IMPLEMENTATION_KEYS = frozenset({
+    "attn_implementation", "_attn_implementation", "_attn_implementation_internal",
+    "experts_implementation", "_experts_implementation", "_experts_implementation_internal",
+})
+_BUILTIN_IMPL = re.compile(r"^[a-z0-9_]+(\|[a-z0-9_]+)?$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,7 +151,20 @@ def _resolve(path_or_ref: str | os.PathLike[str], revision: str | None, policy: 
                           require_revision=policy.sources.require_revision)
 
 
+def _check_snapshot(folder: Path) -> None:
+    """A snapshot folder is a real folder of its repo; as a link elsewhere it escapes the
+    repo folder, and every "inside the repo" link check after it would be moot."""
+    if not _is_hf_snapshot(folder):
+        return
+    repo_dir = folder.absolute().parent.parent.resolve()
+    target = folder.resolve()
+    if not target.is_relative_to(repo_dir):
+        raise SourceError("cache snapshot points outside its repo folder", path=str(folder),
+                          rule="trust.allow_symlinks", detail=f"target {target}")
+
+
 def _open_folder(folder: Path, policy: Policy, *, verify: bool) -> _Folder:
+    _check_snapshot(folder)
     if verify:
         from safeload.signing import verify as verify_model
 
@@ -157,12 +178,31 @@ def _open_folder(folder: Path, policy: Policy, *, verify: bool) -> _Folder:
 
 
 # -- code a folder ships -----------------------------------------------------------------------
+def _code_refs(config: dict[str, Any]) -> list[str]:
+    """Remove, anywhere in ``config`` (sub-configs too), what makes transformers fetch or
+    import code: ``auto_map`` (the folder's own modules) and an attention or experts
+    implementation that is not one of transformers' built-in names (``org/kernel`` pulls a
+    compiled kernel from the Hub). Returns a description of each removal."""
+    removed: list[str] = []
+    stack: list[tuple[str, dict[str, Any]]] = [("", config)]
+    while stack:
+        where, node = stack.pop()
+        for key in list(node):
+            value = node[key]
+            if key == "auto_map" or (key in _IMPLEMENTATION_KEYS and not (
+                    value is None or (isinstance(value, str) and _BUILTIN_IMPL.match(value)))):
+                del node[key]
+                text = json.dumps(value, sort_keys=True, default=str)[:200]
+                removed.append(f"{_CONFIG}:{where}{key}={text}")
+            elif isinstance(value, dict):
+                stack.append((f"{where}{key}.", value))
+    return sorted(removed)
+
+
 def _ignore_code(folder: _Folder, config: dict[str, Any], policy: Policy) -> tuple[str, ...]:
-    """Drop ``auto_map`` from ``config`` and record every piece of shipped code we ignore."""
+    """Drop code references from ``config`` and record every piece of shipped code ignored."""
     ignored = sorted(n for n in folder.sources if n.endswith(".py"))
-    if "auto_map" in config:
-        auto_map = config.pop("auto_map")
-        ignored.append(f"{_CONFIG}:auto_map={json.dumps(auto_map, sort_keys=True)[:200]}")
+    ignored += _code_refs(config)
     if folder.verified is not None:
         unsigned = folder.verified.signer_ignored
         ignored += [f"{n} (not signed)" for n in unsigned if n.endswith(".py")]
