@@ -378,3 +378,39 @@ def test_usage_errors(bert: tuple[Any, Path], tmp_path: Path) -> None:
     (folder / "config.json").write_text("[1, 2]")
     with pytest.raises(safeload.FormatError):
         safeload.from_pretrained(None, folder)
+
+
+def test_subfolder_variant_and_file_choice(bert: tuple[Any, Path], tmp_path: Path) -> None:
+    model, folder = bert
+    repo = tmp_path / "repo"
+    shutil.copytree(folder, repo / "text_encoder")
+    (repo / "text_encoder" / "model.safetensors").rename(
+        repo / "text_encoder" / "model.fp16.safetensors")
+    loaded = safeload.from_pretrained(transformers.BertModel, repo, subfolder="text_encoder",
+                                      variant="fp16")
+    assert torch.equal(_out(model), _out(loaded))
+    with pytest.raises(safeload.SourceError) as exc:
+        safeload.from_pretrained(None, repo, subfolder="text_encoder")
+    assert exc.value.rule == "pretrained.weights"
+    with pytest.raises(safeload.SourceError):
+        safeload.from_pretrained(None, repo, subfolder="../bert")
+    with pytest.raises(safeload.UsageError):
+        safeload.from_pretrained(None, repo, subfolder="text_encoder", variant="../x")
+    torch.save(model.state_dict(), folder / "pytorch_model.bin")
+    assert safeload.from_pretrained(None, folder).weight_files == ("model.safetensors",)
+    only_bin = safeload.from_pretrained(None, folder, use_safetensors=False)
+    assert only_bin.weight_files == ("pytorch_model.bin",)
+
+
+def test_config_object_and_unsupported_options(bert: tuple[Any, Path]) -> None:
+    model, folder = bert
+    config = transformers.BertConfig.from_dict(model.config.to_dict())
+    loaded = safeload.from_pretrained(transformers.BertModel, folder, config=config,
+                                      token="ignored", force_download=True)
+    assert torch.equal(_out(model), _out(loaded))
+    for option in ({"device_map": "auto"}, {"load_in_8bit": True}, {"weights_only": False}):
+        with pytest.raises(safeload.UsageError) as exc:
+            safeload.from_pretrained(transformers.BertModel, folder, **option)
+        assert exc.value.rule == "pretrained.kwargs"
+    half = safeload.from_pretrained(transformers.BertModel, folder, dtype=torch.float16)
+    assert half.embeddings.word_embeddings.weight.dtype == torch.float16

@@ -57,6 +57,7 @@ _IMPLEMENTATION_KEYS = frozenset({
     "attn_implementation", "_attn_implementation", "_attn_implementation_internal",
     "experts_implementation", "_experts_implementation", "_experts_implementation_internal",
 })
+_VARIANT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 _BUILTIN_IMPL = re.compile(r"^[a-z0-9_]+(\|[a-z0-9_]+)?$")
 
 
@@ -87,6 +88,14 @@ class _Folder:
     sources: Mapping[str, Any]
     """Relative name -> what ``safeload.load`` gets (a ``VerifiedFile`` or a checked path)."""
     verified: VerifiedModel | None
+    prefix: str = ""
+    """``"sub/"`` when this is a subfolder view: names are relative to it, signatures are not."""
+
+    def sub(self, subfolder: str) -> _Folder:
+        check_relative_name(subfolder, what="subfolder")
+        cut = subfolder + "/"
+        inside = {n[len(cut):]: v for n, v in self.sources.items() if n.startswith(cut)}
+        return _Folder(self.root / subfolder, inside, self.verified, self.prefix + cut)
 
     def read_json(self, name: str) -> Any:
         source = self.sources[name]
@@ -217,17 +226,30 @@ def _ignore_code(folder: _Folder, config: dict[str, Any], policy: Policy) -> tup
 
 
 # -- weights ----------------------------------------------------------------------------------
-def _weight_plan(folder: _Folder) -> tuple[list[str], dict[str, str] | None]:
+def _weight_plan(folder: _Folder, *, variant: str | None, use_safetensors: bool | None
+                 ) -> tuple[list[str], dict[str, str] | None]:
     """The weight files to load and, for a sharded checkpoint, its tensor -> shard map."""
-    names = folder.sources
-    for single, index in _WEIGHT_CHOICES:
-        if single in names:
+    if variant is not None and not _VARIANT.match(str(variant)):
+        raise UsageError(f"not a weights variant: {variant!r}", rule="pretrained.variant")
+    choices = [pair for pair in _WEIGHT_CHOICES
+               if use_safetensors is None or pair[0].endswith(".safetensors") == use_safetensors]
+    if variant:
+        choices = [(_with_variant(single, variant), _with_variant(index, variant))
+                   for single, index in choices]
+    for single, index in choices:
+        if single in folder.sources:
             return [single], None
-        if index in names:
+        if index in folder.sources:
             return _read_index(folder, index)
     raise SourceError("no weights in the model folder", path=str(folder.root),
                       rule="pretrained.weights",
-                      detail="expected " + ", ".join(n for pair in _WEIGHT_CHOICES for n in pair))
+                      detail="expected " + ", ".join(n for pair in choices for n in pair))
+
+
+def _with_variant(name: str, variant: str) -> str:
+    """transformers' spelling: model.fp16.safetensors, model.safetensors.index.fp16.json."""
+    stem, _, ext = name.rpartition(".")
+    return f"{stem}.{variant}.{ext}"
 
 
 def _read_index(folder: _Folder, index: str) -> tuple[list[str], dict[str, str]]:
@@ -366,13 +388,21 @@ def _still_missing(model: Any, missing: list[str], loaded: set[str]) -> list[str
             if k not in tensors or (tensors[k].data_ptr(), tuple(tensors[k].shape)) not in filled]
 
 
-def _build_model(cls: type[Any], config: dict[str, Any], state: dict[str, Any], *, root: str,
-                 strict: bool = False, output_loading_info: bool = False, dtype: Any = None,
-                 torch_dtype: Any = None, **overrides: Any) -> Any:
+def _build_model(cls: type[Any], config_json: dict[str, Any], state: dict[str, Any], *,
+                 root: str, config: Any = None, strict: bool = False,
+                 output_loading_info: bool = False, dtype: Any = None, torch_dtype: Any = None,
+                 **overrides: Any) -> Any:
+    import copy
+
     import torch
 
-    model_config = _make_config(cls, config, overrides, root)
-    wanted = _dtype(dtype if dtype is not None else torch_dtype, config, root)
+    if config is None:
+        model_config = _make_config(cls, config_json, overrides, root)
+    else:  # the caller's own config object: used as given, plus the overrides
+        model_config = copy.deepcopy(config)
+        for key, value in overrides.items():
+            setattr(model_config, key, value)
+    wanted = _dtype(dtype if dtype is not None else torch_dtype, config_json, root)
     extra = {} if wanted is None else {"dtype": wanted}
     if hasattr(cls, "_model_mapping"):
         model = cls.from_config(model_config, trust_remote_code=False, **extra)
@@ -412,6 +442,66 @@ def _build_model(cls: type[Any], config: dict[str, Any], state: dict[str, Any], 
 
 
 # -- public API -------------------------------------------------------------------------------
+# transformers.from_pretrained arguments that only steer downloading: safeload never downloads.
+_DOWNLOAD_ONLY = frozenset({
+    "local_files_only", "force_download", "resume_download", "proxies", "token",
+    "use_auth_token", "code_revision", "_from_auto", "_from_pipeline", "_commit_hash",
+})
+# Loading features safeload does not implement: refused rather than silently ignored or, worse,
+# set as config attributes.
+_UNSUPPORTED = frozenset({
+    "device_map", "low_cpu_mem_usage", "quantization_config", "load_in_8bit", "load_in_4bit",
+    "offload_folder", "offload_state_dict", "offload_buffers", "max_memory", "tp_plan",
+    "tp_size", "key_mapping", "gguf_file", "from_tf", "from_flax", "adapter_name",
+    "adapter_kwargs", "state_dict", "weights_only", "use_kernels", "allow_all_kernels",
+})
+
+
+def _options(kwargs: dict[str, Any]) -> None:
+    if kwargs.get("trust_remote_code"):
+        raise UsageError("trust_remote_code is not supported", rule="pretrained.remote_code",
+                         detail="safeload never imports code shipped with a model")
+    kwargs.pop("trust_remote_code", None)
+    for name in _DOWNLOAD_ONLY & kwargs.keys():
+        del kwargs[name]
+    if unsupported := sorted(_UNSUPPORTED & kwargs.keys()):
+        raise UsageError(f"not supported by safeload.from_pretrained: {', '.join(unsupported)}",
+                         rule="pretrained.kwargs",
+                         detail="load the state, then apply these with transformers yourself")
+
+
+def _read(path_or_ref: str | os.PathLike[str], *, policy: Policy | str | os.PathLike[str] | None,
+          effective: Policy, verify: bool | None, revision: str | None,
+          framework: Literal["torch", "numpy"], map_location: Any,
+          options: dict[str, Any]) -> PretrainedState:
+    """Everything up to (not including) building a model: resolve, verify, read, merge."""
+    required = effective.trust.require_signature
+    if verify is False and required:
+        raise UsageError("verify=False, but the policy requires signatures",
+                         rule="trust.require_signature")
+    root = _resolve(path_or_ref, revision, effective, options.pop("cache_dir", None))
+    whole = _open_folder(root, effective, verify=bool(verify) or required)
+    subfolder = options.pop("subfolder", None) or ""
+    folder = whole.sub(subfolder) if subfolder else whole
+    config: dict[str, Any] = {}
+    if _CONFIG in folder.sources:
+        doc = folder.read_json(_CONFIG)
+        if not isinstance(doc, dict):
+            raise FormatError("config.json is not a JSON object",
+                              path=str(folder.root / _CONFIG), rule="pretrained.config")
+        config = doc
+    elif whole.verified is not None and folder.prefix + _CONFIG in whole.verified.signer_ignored:
+        raise VerificationError("config.json is not covered by the signature",
+                                path=str(folder.root / _CONFIG), rule="oms.files")
+    ignored = _ignore_code(whole, config, effective)
+    files, weight_map = _weight_plan(folder, variant=options.pop("variant", None),
+                                     use_safetensors=options.pop("use_safetensors", None))
+    state = _load_weights(folder, files, weight_map, policy=policy, framework=framework,
+                          map_location=map_location)
+    return PretrainedState(state, config, str(folder.root), tuple(files), whole.verified,
+                           ignored)
+
+
 def from_pretrained(
     model_cls_or_name: type[Any] | str | None,
     path_or_ref: str | os.PathLike[str],
@@ -425,56 +515,36 @@ def from_pretrained(
     """Load a Hugging Face-style model folder without running anything it ships.
 
     ``path_or_ref`` is a local folder or a cached ``org/name[@revision]`` (never downloaded;
-    ``cache_dir`` overrides ``HF_HUB_CACHE``). With a transformers model class (``BertModel``,
-    ``AutoModel``...) the model is built from ``config.json`` and filled with the folder's
-    weights; ``strict=True`` refuses missing or unexpected keys, ``output_loading_info=True``
-    also returns them, ``dtype`` casts the model, ``map_location`` moves it, and other keyword
-    arguments override config values as in transformers. With a string (or ``None``) for the
-    class, a :class:`PretrainedState` is returned instead (``map_location`` then applies to
-    its tensors).
+    ``cache_dir`` overrides ``HF_HUB_CACHE``); ``subfolder``, ``variant`` and
+    ``use_safetensors`` pick files as in transformers. With a transformers model class
+    (``BertModel``, ``AutoModel``...) the model is built from ``config.json`` (or ``config=``,
+    a config object) and filled with the folder's weights; ``strict=True`` refuses missing or
+    unexpected keys, ``output_loading_info=True`` also returns them, ``dtype`` casts the model,
+    ``map_location`` moves it, and other keyword arguments override config values as in
+    transformers. With a string (or ``None``) for the class, a :class:`PretrainedState` is
+    returned instead (``map_location`` then applies to its tensors).
 
     ``verify=None`` verifies exactly when the policy requires signatures; ``verify=False``
-    under such a policy is refused. ``trust_remote_code=True`` is refused.
+    under such a policy is refused. ``trust_remote_code=True`` is refused, and so are loading
+    features safeload does not implement (``device_map``, quantization, ...).
     """
-    if kwargs.get("trust_remote_code"):
-        raise UsageError("trust_remote_code is not supported", rule="pretrained.remote_code",
-                         detail="safeload never imports code shipped with a model")
-    kwargs.pop("trust_remote_code", None)
-    kwargs.pop("local_files_only", None)  # always true: safeload never downloads
+    _options(kwargs)
     if framework not in ("torch", "numpy"):
         raise UsageError(f"unknown framework {framework!r}", rule="load.framework")
-    effective = effective_policy(policy)
-    required = effective.trust.require_signature
-    if verify is False and required:
-        raise UsageError("verify=False, but the policy requires signatures",
-                         rule="trust.require_signature")
-    root = _resolve(path_or_ref, revision, effective, kwargs.pop("cache_dir", None))
-    folder = _open_folder(root, effective, verify=bool(verify) or required)
-    config: dict[str, Any] = {}
-    if _CONFIG in folder.sources:
-        doc = folder.read_json(_CONFIG)
-        if not isinstance(doc, dict):
-            raise FormatError("config.json is not a JSON object", path=str(root / _CONFIG),
-                              rule="pretrained.config")
-        config = doc
-    elif folder.verified is not None and _CONFIG in folder.verified.signer_ignored:
-        raise VerificationError("config.json is not covered by the signature",
-                                path=str(root / _CONFIG), rule="oms.files")
-    ignored = _ignore_code(folder, config, effective)
-    files, weight_map = _weight_plan(folder)
     build = isinstance(model_cls_or_name, type)
     if build and framework != "torch":
         raise UsageError("building a model needs framework='torch'", rule="load.framework")
     map_location = kwargs.pop("map_location", None)
-    state = _load_weights(folder, files, weight_map, policy=policy, framework=framework,
-                          map_location=None if build else map_location)
+    got = _read(path_or_ref, policy=policy, effective=effective_policy(policy), verify=verify,
+                revision=revision, framework=framework,
+                map_location=None if build else map_location, options=kwargs)
     if not build:
         if kwargs:
             raise UsageError(f"unexpected arguments without a model class: {', '.join(kwargs)}",
                              rule="pretrained.kwargs")
-        return PretrainedState(state, config, str(root), tuple(files), folder.verified, ignored)
+        return got
     assert isinstance(model_cls_or_name, type)
-    model = _build_model(model_cls_or_name, config, state, root=str(root), **kwargs)
+    model = _build_model(model_cls_or_name, got.config, got.state_dict, root=got.root, **kwargs)
     if map_location is not None:
         (model[0] if isinstance(model, tuple) else model).to(map_location)
     return model
