@@ -142,3 +142,39 @@ def test_tensor_names_cannot_amplify_a_shared_key_into_gigabytes() -> None:
     finally:
         tracemalloc.stop()
     assert peak < 64 * len(data), f"{peak} bytes traced for a {len(data)}-byte file"
+
+
+# --- embedded checkpoints share the outer pickle's budget -------------------------------------
+def _embedded_bomb(calls: int) -> bytes:
+    """A plain pickle calling ``torch.storage._load_from_bytes`` ``calls`` times on ONE memoised
+    legacy checkpoint whose magic-number pickle first hashes a 10**6-element tuple key."""
+    import io
+    import pickletools
+
+    torch = pytest.importorskip("torch")
+    from safeload.formats._torch_legacy import LEGACY_MAGIC
+
+    buf = io.BytesIO()
+    torch.save(torch.zeros(2).untyped_storage(), buf, _use_new_zipfile_serialization=False)
+    real = buf.getvalue()
+    end = next(p + 1 for op, _, p in pickletools.genops(io.BytesIO(real)) if op.name == "STOP")
+    ops: list[object] = [("PROTO", 2), ("BININT1", 1)]
+    for level in range(2):
+        ops += [("BINPUT", level), "POP", "MARK", *[("BINGET", level)] * 1000, "TUPLE"]
+    ops += [("BINPUT", 9), "POP", "EMPTY_DICT", ("BINGET", 9), "NONE", "SETITEM", "POP"]
+    inner = asm([*ops, ("LONG1", LEGACY_MAGIC), "STOP"]) + real[end:]
+    outer: list[object] = [("PROTO", 2), ("BINBYTES", inner), ("BINPUT", 0), "POP", "EMPTY_LIST"]
+    outer += [("GLOBAL", ("torch.storage", "_load_from_bytes")), ("BINPUT", 1), "POP"]
+    outer += [("BINGET", 1), ("BINGET", 0), "TUPLE1", "REDUCE", "APPEND"] * calls
+    return asm([*outer, "STOP"])
+
+
+def test_embedded_checkpoints_spend_the_outer_budget_not_a_fresh_one_each() -> None:
+    """Each ``_load_from_bytes`` ran its pickles on a fresh budget, so 5 opcodes of the outer
+    pickle (BINGET, BINGET, TUPLE1, REDUCE, APPEND) bought a whole new ``max_pickle_opcodes``:
+    a 4 kB file re-reading one memoised blob costed ~0.7 s per call, without bound. Nested
+    runs now spend from the running pickle's budget."""
+    limits = Limits(max_pickle_opcodes=2_500_000)
+    analyze(_embedded_bomb(2), limits=limits)  # ~2 * 10**6 hashing steps: fits
+    with pytest.raises(LimitExceededError, match="opcodes"):
+        analyze(_embedded_bomb(3), limits=limits)

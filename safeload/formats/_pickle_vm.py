@@ -20,6 +20,7 @@ import logging
 import re
 import struct
 from collections.abc import Callable, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
@@ -49,6 +50,11 @@ _MAX_INT_DIGITS = 4300
 """CPython's default ``int_max_str_digits``, fixed here whatever the interpreter's setting, so
 every int the VM hands out can be printed, formatted into a tensor name or written as JSON."""
 _MAX_LONG_BYTES = _MAX_INT_DIGITS * 100 // 241  # 256**n < 10**4300 (log10(256) > 2.408)
+
+_ACTIVE: ContextVar[Budget | None] = ContextVar("safeload_pickle_budget", default=None)
+"""The budget of the pickle being run, so a pickle a reconstruction runs *inside* it (an
+embedded checkpoint) spends from the same budget instead of a fresh one per call: otherwise
+one memoised blob passed to ``_load_from_bytes`` N times costs N full budgets."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,7 +92,8 @@ class _Machine:
         self.stack: list[Any] = []
         self.metastack: list[list[Any]] = []
         self.memo: dict[int, Any] = {}
-        self.budget = Budget(limits)
+        outer = _ACTIVE.get()
+        self.budget = outer if outer is not None and outer.limits == limits else Budget(limits)
         self.ctx = Ctx(limits, frozenset(sg.cls for sg in safe.values()))
         self.built_user: dict[int, object] = {}
         self.done = False
@@ -689,6 +696,7 @@ def run_pickle(
         raise UsageError(f"encoding must be one of {_ENCODINGS}", rule="pickle.encoding")
     safe = get_safe_globals() if safe_globals is None else safe_globals
     m = _Machine(data, start, limits, persistent_load, safe, collect_unsafe, name, encoding)
+    token = _ACTIVE.set(m.budget)
     try:
         value, end = m.run()
     except SafeloadError as exc:
@@ -702,6 +710,8 @@ def run_pickle(
         m.fail(LimitExceededError, "pickle too complex to read", "limits.pickle", detail=detail)
     except Exception as exc:  # noqa: BLE001 - fail closed: any other slip is a malformed file
         m.bad("malformed pickle", detail=f"{type(exc).__name__}: {exc}")
+    finally:
+        _ACTIVE.reset(token)
     if expect_end and end != m.end:
         m.op_pos = end
         m.bad("data after the pickle's STOP opcode", "pickle.trailing_data")
