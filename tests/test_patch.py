@@ -213,3 +213,16 @@ def test_transformers_loading_goes_through_safeload(tmp_path: Path) -> None:
                                loaded(input_ids=ids).last_hidden_state)
     assert mu.load_state_dict is original
     assert not marker.exists()
+
+
+def test_patch_events_reach_the_policy_audit_log(tmp_path: Path,
+                                                 benign: tuple[Path, dict[str, Any]]) -> None:
+    log = tmp_path / "audit.jsonl"
+    policy = Policy(audit_log=str(log))
+    with safeload.patched(policy=policy):
+        app_load(benign[0])
+    lines = [json.loads(line) for line in log.read_text().splitlines()]
+    events = [(r["event"], r.get("target")) for r in lines]
+    assert ("patched", "torch.load") in events and ("unpatched", "torch.load") in events
+    assert ("decision", None) in events  # the load itself was decided and audited
+    assert all(r["policy_digest"] == policy.digest() for r in lines)

@@ -92,6 +92,7 @@ def _guard_torch_load(original: Callable[..., Any]) -> Callable[..., Any]:
 def _guard_load_state_dict(original: Callable[..., Any]) -> Callable[..., Any]:
     """transformers' per-file loader; its signature differs across releases, so bind to it."""
     signature = inspect.signature(original)
+    first = next(iter(signature.parameters))  # checkpoint_file, in every release so far
 
     @functools.wraps(original)
     def load_state_dict(*args: Any, **kwargs: Any) -> Any:
@@ -100,7 +101,7 @@ def _guard_load_state_dict(original: Callable[..., Any]) -> Callable[..., Any]:
         bound = signature.bind(*args, **kwargs)
         bound.apply_defaults()
         arguments = bound.arguments
-        path = arguments["checkpoint_file"]
+        path = arguments[first]
         location = arguments.get("map_location", "cpu")
         weights_only = arguments.get("weights_only", True)
         return load(path, location, weights_only=weights_only, policy=_state.policy)
@@ -144,9 +145,22 @@ def _targets() -> list[tuple[str, str, Callable[[Any], Any]]]:
 
 # -- installing and removing ------------------------------------------------------------------
 def _install(policy: Policy | None, audit_policy: Policy | None) -> None:
+    """Install every target not yet installed; if one fails, undo only this call's targets
+    (an existing patch stays: failing to add a target must not remove protection)."""
     _state.policy = policy
     _state.audit_policy = audit_policy
     _state.generation += 1
+    added: list[tuple[str, str]] = []
+    try:
+        _install_targets(added)
+    except BaseException:
+        _restore(added)
+        raise
+    for module_name, attr in added:
+        audit_event("patched", audit_policy, target=f"{module_name}.{attr}")
+
+
+def _install_targets(added: list[tuple[str, str]]) -> None:
     made: dict[int, Any] = {}
     for module_name, attr, make in _targets():
         module = importlib.import_module(module_name)
@@ -160,23 +174,33 @@ def _install(policy: Policy | None, audit_policy: Policy | None) -> None:
             setattr(replacement, _MARK, True)
         _state.originals[(module_name, attr)] = original
         setattr(module, attr, replacement)
-        audit_event("patched", audit_policy, target=f"{module_name}.{attr}")
+        added.append((module_name, attr))
+
+
+def _restore(keys: list[tuple[str, str]]) -> None:
+    for module_name, attr in keys:
+        original = _state.originals.pop((module_name, attr))
+        module = sys.modules.get(module_name)
+        if module is None:
+            continue
+        current = getattr(module, attr, None)
+        if current is not None and not getattr(current, _MARK, False):
+            logger.warning("%s.%s was replaced again after safeload.patch(); restoring the "
+                           "original anyway", module_name, attr)
+        setattr(module, attr, original)
 
 
 def _uninstall() -> None:
-    for (module_name, attr), original in list(_state.originals.items()):
-        module = sys.modules.get(module_name)
-        if module is not None:
-            current = getattr(module, attr, None)
-            if current is not None and not getattr(current, _MARK, False):
-                logger.warning("%s.%s was replaced again after safeload.patch(); restoring the "
-                               "original anyway", module_name, attr)
-            setattr(module, attr, original)
-        audit_event("unpatched", _state.audit_policy, target=f"{module_name}.{attr}")
-        del _state.originals[(module_name, attr)]
+    """Restore everything first, then audit: an unwritable audit log must not leave the
+    process half patched."""
+    keys = list(_state.originals)
+    audit_policy = _state.audit_policy
+    _restore(keys)
     _state.policy = None
     _state.audit_policy = None
     _state.explicit = False
+    for module_name, attr in keys:
+        audit_event("unpatched", audit_policy, target=f"{module_name}.{attr}")
 
 
 def _resolve(policy: Policy | str | os.PathLike[str] | None) -> tuple[Policy | None, Policy]:
