@@ -381,6 +381,7 @@ def _with_state(spec: TensorSpec, state: object, ctx: Ctx) -> TensorSpec:
         ):
             raise _bad("tensor state", "state must map attribute names to data")
         check_plain(part, ctx, "tensor state")
+        _no_reserved(part, "tensor state")
         attrs.update(part)  # type: ignore[call-overload]
     if not attrs:
         return spec
@@ -395,7 +396,22 @@ def build_tensor_spec(obj: TensorSpec, state: object, ctx: Ctx) -> None:
     if type(state) is not dict or not all(type(k) is str for k in state):
         raise _bad("BUILD on a tensor", "state must be a dict with str keys")
     check_plain(state, ctx, "tensor state")
+    _no_reserved(state, "BUILD on a tensor")
     obj.extra.update(state)
+
+
+_RESERVED_STATE = frozenset({"quantizer"})
+"""``TensorSpec.extra`` keys only safeload's reconstructions set (the materialiser trusts them)."""
+
+
+def _no_reserved(state: object, what: str) -> None:
+    if isinstance(state, dict) and _RESERVED_STATE.intersection(state):
+        raise UnsafeModelError(
+            f"{what} may not set {sorted(_RESERVED_STATE.intersection(state))[0]!r}",
+            rule="pickle.build",
+            code="SL103",
+            detail="quantizer parameters only come from _rebuild_qtensor, where they are checked",
+        )
 
 
 def _rebuild_from_type_v2(args: tuple[object, ...], ctx: Ctx) -> object:

@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from safeload.errors import FormatError, LimitExceededError
+from safeload.errors import FormatError, LimitExceededError, UnsupportedFormatError
 from safeload.formats._dtypes import lookup, torch_dtype
 from safeload.formats._types import TensorSpec, TorchDevice, TorchDType, TorchLayout
 from safeload.policy import Limits
@@ -163,6 +163,16 @@ class Materializer:
         buf = self._buffer(spec.storage.key)
         check_spec(spec, len(buf), limits=self._limits, path=self._path)
         if self._framework == "numpy":
+            if spec.dtype in _INT_REPR or "quantizer" in spec.extra:
+                # NumPy has no quantized dtype; the bare integers without their scale would be
+                # silently different numbers (and the sandbox worker reads with NumPy).
+                raise UnsupportedFormatError(
+                    "quantized tensors are only read with framework='torch'",
+                    path=self._path,
+                    rule="tensor.quantized",
+                    detail="NumPy has no quantized dtype; load in-process with torch, or "
+                    "dequantize the model before saving",
+                )
             return self._numpy(spec, buf)
         return self._torch(spec, buf)
 
@@ -237,7 +247,12 @@ def _quantize(t: Any, quant: object, path: str | None) -> Any:
             detail=repr(quant)[:200],
         )
     _, scale, zero_point = quant
-    if not isinstance(scale, float) or not isinstance(zero_point, int):
+    if (
+        type(scale) is not float
+        or not math.isfinite(scale)
+        or type(zero_point) is not int
+        or not -(1 << 63) <= zero_point < 1 << 63
+    ):
         raise FormatError("bad quantizer parameters", path=path, rule="tensor.quantizer")
     qdtype = {torch.int8: torch.qint8, torch.uint8: torch.quint8, torch.int32: torch.qint32}.get(
         t.dtype
