@@ -345,6 +345,49 @@ def test_prewarmed_worker_runs_the_next_job_and_is_replaced(tmp_path: Path) -> N
     assert _runner._spare is None
 
 
+def test_a_spare_starts_after_first_use_and_is_never_reused(tmp_path: Path) -> None:
+    from safeload.sandbox import _runner, prewarm
+
+    model = tmp_path / "model.bin"
+    model.write_bytes(b"abc")
+    prewarm()  # the default; an earlier test may have turned it off
+    _runner._drop_spare()
+    attempt("read_own_input", [model])
+    first = _runner._spare
+    assert first is not None and first.usable()  # started after the job, waiting for the next
+    attempt("read_own_input", [model])
+    second = _runner._spare
+    assert second is not None and second is not first and second.usable()
+    assert first.pidfd is None  # the spare that ran a job was closed, not kept
+
+
+def test_a_forked_child_forgets_the_spare() -> None:
+    from safeload.sandbox import _runner, prewarm
+
+    prewarm()
+    try:
+        spare = _runner._spare
+        assert spare is not None
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child reports through its exit status only
+            os._exit(0 if _runner._spare is None else 1)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert _runner._spare is spare and spare.usable()  # the parent's spare is untouched
+    finally:
+        prewarm(False)
+    prewarm()
+
+
+def test_worker_imports_only_what_it_needs() -> None:
+    modules = set(run_in_sandbox("echo_modules", [], limits=LIMITS).value)  # type: ignore[arg-type]
+    assert "safeload.formats._read" in modules and "numpy" in modules
+    unneeded = {"pydantic", "torch", "cryptography", "sigstore", "model_signing", "rich",
+                "click", "safeload.signing", "safeload.integrations", "safeload.policy._models",
+                "safeload._cli"}  # fmt: skip
+    assert not unneeded & modules
+
+
 def test_spare_with_another_environment_is_not_used(monkeypatch: pytest.MonkeyPatch) -> None:
     from safeload.sandbox import _runner, prewarm
 

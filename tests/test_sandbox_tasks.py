@@ -133,6 +133,13 @@ def echo_structure(ctx: TaskContext) -> Outcome:
     return value, {"kind": "echo"}
 
 
+def echo_modules(ctx: TaskContext) -> Outcome:
+    """Which modules the worker has loaded (start-up cost and attack surface)."""
+    import sys
+
+    return sorted(sys.modules), {}
+
+
 TASKS = {
     name: fn
     for name, fn in globals().items()

@@ -50,6 +50,8 @@ _BASE_ADDRESS_SPACE = 2 * _GiB  # interpreter + numpy + safetensors, with room f
 _MAX_REPLY = 1 << 20
 _LOG_TAIL = 2000
 DEFAULT_TIMEOUT = 600.0
+_BOOTSTRAP = str(Path(__file__).resolve().with_name("_bootstrap.py"))
+"""The worker's entry script: imports only what the worker uses (see ``_bootstrap``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,7 +169,7 @@ class _Worker:
                 (os.POSIX_SPAWN_DUP2, h, i) for i, h in enumerate(high)
             ]
             actions.append((os.POSIX_SPAWN_DUP2, high[_worker.FD_LOG], 1))
-            argv = [sys.executable, "-I", "-m", "safeload.sandbox._worker"]
+            argv = [sys.executable, "-I", _BOOTSTRAP]
             self.pid = os.posix_spawn(sys.executable, argv, self.env, file_actions=actions,
                                       setsid=True)  # fmt: skip
         except OSError as exc:
@@ -221,9 +223,11 @@ class _Worker:
         return status, usage, timed_out
 
     def discard(self) -> None:
-        """Let an unused spare go: closing its socket makes it exit on its own."""
+        """Let an unused spare go at once: it holds no input, so killing it loses nothing."""
         self.sock.close()
-        if self.owner == os.getpid():
+        if self.owner == os.getpid() and self.pidfd is not None:
+            with contextlib.suppress(OSError):
+                signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(self.pid, 0)
         self.close()
@@ -239,49 +243,80 @@ class _Worker:
 
 _spare: _Worker | None = None
 _spare_lock = threading.Lock()
-_keep_warm = False
+_keep_warm = True
 
 
 def prewarm(keep: bool = True) -> None:
-    """Keep one spare worker started and imported, so the next sandboxed job starts at once.
+    """Start the spare worker now (``keep=True``), or stop keeping one (``keep=False``).
 
-    Opt-in (it is a standing process): after this, every job takes the spare and starts the
-    next one. A spare holds no input and has applied no layer yet; it only waits for a job.
-    ``prewarm(False)`` lets the spare go and stops keeping one.
+    Workers are single-use: one that parsed a file never gets another. To keep sequential
+    jobs from paying interpreter start-up, each process keeps at most one *spare*: started
+    right after a job finishes (or now, by this call), fully imported, holding no input and no
+    layer yet; the next job takes it and a new spare starts after that job. ``prewarm(False)``
+    kills the spare and stops keeping one (``prewarm()`` turns it back on). A spare is only
+    used by the process that started it and only while the environment a fresh worker would
+    get is unchanged; it is killed at exit, and a forked child forgets it.
     """
-    global _keep_warm, _spare
+    global _keep_warm
     with _spare_lock:
         _keep_warm = keep
         if not keep:
-            if _spare is not None:
-                _spare.discard()
-            _spare = None
+            _drop_locked()
             return
-        if _spare is None or not _spare.usable():
-            if _spare is not None:
-                _spare.discard()
+        _replenish_locked()
+
+
+def _drop_locked() -> None:
+    global _spare
+    if _spare is not None:
+        _spare.discard()
+    _spare = None
+
+
+def _replenish_locked() -> None:
+    global _spare
+    if _spare is not None and not _spare.usable():
+        _drop_locked()
+    if _spare is None and _keep_warm:
+        try:
             _spare = _Worker()
+        except SandboxError as exc:  # no spare is a slower next job, never a failed one
+            _log.debug("could not start a spare sandbox worker: %s", exc)
 
 
 def _take_worker() -> _Worker:
     global _spare
     with _spare_lock:
         worker, _spare = _spare, None
-        if worker is not None and not worker.usable():
-            worker.discard()
-            worker = None
-        if _keep_warm:
-            _spare = _Worker()
+    if worker is not None and not worker.usable():
+        worker.discard()
+        worker = None
     return worker or _Worker()
+
+
+def _replenish() -> None:
+    """After a job: start the next spare while the caller uses this job's result."""
+    with _spare_lock:
+        _replenish_locked()
 
 
 @atexit.register
 def _drop_spare() -> None:
-    global _spare
     with _spare_lock:
-        if _spare is not None:
-            _spare.discard()
-            _spare = None
+        _drop_locked()
+
+
+def _forget_spare_in_child() -> None:
+    """After fork, in the child: the spare belongs to the parent; close our copies, no kill."""
+    global _spare, _spare_lock
+    _spare_lock = threading.Lock()  # another thread may have held it at fork time
+    if _spare is not None:
+        _spare.close()
+    _spare = None
+
+
+if sys.platform == "linux":
+    os.register_at_fork(after_in_child=_forget_spare_in_child)
 
 
 def _raise_for_status(status: int, usage: Any, timed_out: bool, plan: RlimitPlan, log: str) -> None:
@@ -471,6 +506,8 @@ def run_in_sandbox(
             )
         finally:
             worker.close()
+            if task != "probe":  # a diagnostic (doctor) is not a load that others will follow
+                _replenish()
     return SandboxResult(
         value=value,
         tensors=tensors,
