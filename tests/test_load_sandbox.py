@@ -140,3 +140,29 @@ def test_malicious_samples_are_refused_in_the_sandbox(corpus: Any, fname: str) -
     assert not isinstance(info.value, safeload.PolicyViolation)  # the reader refused it
     assert (info.value.path or "").startswith(str(path))  # the caller's name, not the worker's
     assert not Path(entry["marker"]).exists(), "the payload ran"
+
+
+@pytest.fixture
+def verified(tmp_path: Path) -> Any:
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from test_signing_helpers import write_key
+
+    from safeload.policy import KeySigner
+
+    priv, pub = write_key(tmp_path / "k.pem", ec.generate_private_key(ec.SECP256R1()))
+    root = tmp_path / "signed"
+    root.mkdir()
+    torch.save({"w": torch.arange(6.0).reshape(2, 3), "step": 3}, root / "model.pt")
+    safeload.sign(root, method="key", private_key=priv)
+    return lambda: safeload.verify(root, signers=[KeySigner(public_key=str(pub))])["model.pt"]
+
+
+def test_a_verified_file_is_trusted_by_untrusted_mode(verified: Any, assert_same: Any) -> None:
+    want = {"w": torch.arange(6.0).reshape(2, 3), "step": 3}
+    # Verified: parsed in-process, so the worker's layer check never runs.
+    assert_same(safeload.load(verified(), policy=_with_required("untrusted", "no_such")), want)
+    # sandbox=True still uses the worker, fed a private copy of exactly the verified bytes.
+    vf = verified()
+    assert_same(safeload.load(vf, sandbox=True), want)
+    with pytest.raises(safeload.SandboxError):
+        safeload.load(verified(), policy=_with_required("always", "no_such"))
