@@ -178,3 +178,87 @@ def test_embedded_checkpoints_spend_the_outer_budget_not_a_fresh_one_each() -> N
     analyze(_embedded_bomb(2), limits=limits)  # ~2 * 10**6 hashing steps: fits
     with pytest.raises(LimitExceededError, match="opcodes"):
         analyze(_embedded_bomb(3), limits=limits)
+
+
+# --- state stored as attributes, mutated through the memo after it was checked ----------------
+_GLOBAL_INTO_M1 = [
+    ("BINGET", 1),
+    ("BINUNICODE", "x"),
+    ("GLOBAL", ("torch._utils", "_rebuild_tensor_v2")),
+    "SETITEM",
+    "POP",
+]
+
+
+def test_global_smuggled_into_ordereddict_metadata_after_build_is_refused() -> None:
+    """BUILD checks ``_metadata`` is plain data, but the dict stays in the memo: SETITEM after
+    BUILD put an allowlisted callable into ``state_dict._metadata``, where the end-of-stream
+    check (which walked container items only) never looked."""
+    ops = [
+        ("PROTO", 2),
+        ("GLOBAL", ("collections", "OrderedDict")),
+        "EMPTY_TUPLE",
+        "REDUCE",
+        "EMPTY_DICT",
+        ("BINPUT", 1),
+        "POP",
+        "EMPTY_DICT",
+        ("BINUNICODE", "_metadata"),
+        ("BINGET", 1),
+        "SETITEM",
+        "BUILD",
+        *_GLOBAL_INTO_M1,
+        "STOP",
+    ]
+    with pytest.raises(SafeloadError, match="returned as a value"):
+        read(asm(ops), framework="numpy")
+
+
+def test_global_smuggled_into_tensor_state_after_build_is_refused() -> None:
+    from safeload.formats._types import StorageRef
+
+    ops = [
+        ("PROTO", 2),
+        ("GLOBAL", ("torch._utils", "_rebuild_tensor_v2")),
+        "MARK",
+        ("BINUNICODE", "0"),
+        "BINPERSID",
+        ("BININT1", 0),
+        ("BININT1", 4),
+        "TUPLE1",
+        ("BININT1", 1),
+        "TUPLE1",
+        "NEWFALSE",
+        "NONE",
+        "TUPLE",
+        "REDUCE",
+        "EMPTY_DICT",
+        ("BINPUT", 1),
+        "POP",
+        "EMPTY_DICT",
+        ("BINUNICODE", "meta"),
+        ("BINGET", 1),
+        "SETITEM",
+        "BUILD",
+        *_GLOBAL_INTO_M1,
+        "STOP",
+    ]
+
+    def storage(pid: object) -> object:
+        return StorageRef("0", "float32", 4)
+
+    with pytest.raises(SafeloadError, match="returned as a value"):
+        run_pickle(asm(ops), limits=LIMITS, persistent_load=storage, safe_globals={})
+
+
+def test_plain_tensor_state_and_metadata_still_read() -> None:
+    import collections
+    import io
+
+    torch = pytest.importorskip("torch")
+    sd = collections.OrderedDict(w=torch.ones(2))
+    sd._metadata = {"": {"version": 1}}  # type: ignore[attr-defined]
+    buf = io.BytesIO()
+    torch.save(sd, buf)
+    out = read(buf.getvalue())
+    assert out.value._metadata == {"": {"version": 1}}

@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from typing import Any, NoReturn
 
 from safeload.errors import LimitExceededError, UnsafeModelError
+from safeload.formats._types import TensorSpec
 from safeload.policy._limits import Limits
 
 __all__ = ["OBJECT_BYTES", "Budget", "check_result"]
@@ -172,7 +173,7 @@ def check_result(value: object, limits: Limits, forbidden: tuple[type, ...]) -> 
     but never used to rebuild anything) anywhere in the value.
     """
     seen: set[int] = set()
-    todo: list[tuple[object, int]] = [(value, 1)]
+    todo: list[tuple[Any, int]] = [(value, 1)]
     while todo:
         node, depth = todo.pop()
         t = type(node)
@@ -183,7 +184,18 @@ def check_result(value: object, limits: Limits, forbidden: tuple[type, ...]) -> 
                 code="SL103",
                 detail="safeload rebuilds data; a callable is only usable as a reconstruction",
             )
-        if t not in _WALKED or id(node) in seen:
+        if t in _SCALAR_TYPES or id(node) in seen:
+            continue
+        children: list[Any] = []
+        if t in _WALKED:
+            children.extend(node.values() if isinstance(node, dict) else node)
+        # State BUILD stored outside the container protocol (``OrderedDict._metadata``, a
+        # user instance's attributes, ``TensorSpec.extra``) was checked when it was set, but
+        # the memo can still reach it afterwards: walk it like any other child.
+        attrs = node.extra if t is TensorSpec else getattr(node, "__dict__", None)
+        if type(attrs) is dict:
+            children.extend(attrs.values())
+        if t not in _WALKED and not children:
             continue
         seen.add(id(node))
         if depth > limits.max_nesting_depth:
@@ -191,5 +203,4 @@ def check_result(value: object, limits: Limits, forbidden: tuple[type, ...]) -> 
                 f"value nesting exceeds the limit of {limits.max_nesting_depth}",
                 rule="limits.max_nesting_depth",
             )
-        children: Any = node.values() if isinstance(node, dict) else node
-        todo.extend((c, depth + 1) for c in reversed(list(children)))
+        todo.extend((c, depth + 1) for c in reversed(children))
