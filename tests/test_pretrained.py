@@ -348,11 +348,19 @@ def test_signed_folder_is_verified_then_loaded_from_verified_bytes(
     assert torch.equal(_out(model), _out(loaded))
     with pytest.raises(safeload.UsageError):
         safeload.from_pretrained(None, folder, policy=policy, verify=False)
-    config = json.loads((folder / "config.json").read_text())
+    signed_config = (folder / "config.json").read_bytes()
+    config = json.loads(signed_config)
     config["hidden_act"] = "relu"
     (folder / "config.json").write_text(json.dumps(config))
     with pytest.raises(safeload.VerificationError):
         safeload.from_pretrained(transformers.BertModel, folder, policy=policy)
+    # The same signed folder as a Hugging Face cache snapshot (model.sig a link into blobs/ too).
+    (folder / "config.json").write_bytes(signed_config)
+    cache = tmp_path / "hub"
+    _hf_cache(cache, folder)
+    cached = safeload.from_pretrained(transformers.BertModel, "org/tiny", cache_dir=cache,
+                                      policy=policy)
+    assert torch.equal(_out(model), _out(cached))
     unsigned = tmp_path / "unsigned"
     shutil.copytree(folder, unsigned)
     (unsigned / "model.sig").unlink()

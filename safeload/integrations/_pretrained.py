@@ -174,14 +174,20 @@ def _check_snapshot(folder: Path) -> None:
 
 def _open_folder(folder: Path, policy: Policy, *, verify: bool) -> _Folder:
     _check_snapshot(folder)
+    # A cache snapshot is a symlink farm into ../../blobs; list_model_files follows such links
+    # only when they stay inside the same repo folder. Elsewhere the policy decides.
+    snapshot = _is_hf_snapshot(folder)
     if verify:
         from safeload.signing import verify as verify_model
 
-        verified = verify_model(folder, policy=policy)
+        if not snapshot:
+            verified = verify_model(folder, policy=policy)
+        else:
+            # The same link rule for verification: links only within the repo folder.
+            trust = policy.trust.model_copy(update={"allow_symlinks": True})
+            verified = verify_model(folder, policy=policy.model_copy(update={"trust": trust}))
         return _Folder(folder, dict(verified.files), verified)
-    # A cache snapshot is a symlink farm into ../../blobs; list_model_files follows such links
-    # only when they stay inside the same repo folder. Elsewhere the policy decides.
-    allow_links = policy.trust.allow_symlinks or _is_hf_snapshot(folder)
+    allow_links = policy.trust.allow_symlinks or snapshot
     entries = list_model_files(folder, allow_symlinks=allow_links)
     return _Folder(folder, {e.name: str(e.path) for e in entries}, None)
 
