@@ -182,13 +182,15 @@ def test_shipped_code_and_auto_map_are_ignored_and_audited(
     assert "auto_map" not in state.config and "modeling_evil.py" in state.ignored_code
     # A Hub kernel named in the config would be fetched and run by transformers: dropped too.
     config["attn_implementation"] = "kernels-community/evil-attention"
-    config["text_config"] = {"_attn_implementation": "evil/kernel", "auto_map": {"a": "b.C"}}
+    config["text_config"] = {"_attn_implementation": "evil/kernel", "auto_map": {"a": "b.C"},
+                             "use_pretrained_backbone": True}
     config["output_attentions"] = False
     (folder / "config.json").write_text(json.dumps(config))
     state = safeload.from_pretrained(None, folder)
     assert "attn_implementation" not in state.config
-    assert state.config["text_config"] == {} and state.config["output_attentions"] is False
-    assert len([i for i in state.ignored_code if i.startswith("config.json:")]) == 4
+    assert state.config["text_config"] == {"use_pretrained_backbone": False}
+    assert state.config["output_attentions"] is False
+    assert len([i for i in state.ignored_code if i.startswith("config.json:")]) == 5
     assert torch.equal(_out(model), _out(safeload.from_pretrained(transformers.BertModel, folder)))
     config["attn_implementation"] = "eager"
     (folder / "config.json").write_text(json.dumps(config))

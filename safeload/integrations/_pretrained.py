@@ -195,9 +195,10 @@ def _open_folder(folder: Path, policy: Policy, *, verify: bool) -> _Folder:
 # -- code a folder ships -----------------------------------------------------------------------
 def _code_refs(config: dict[str, Any]) -> list[str]:
     """Remove, anywhere in ``config`` (sub-configs too), what makes transformers fetch or
-    import code: ``auto_map`` (the folder's own modules) and an attention or experts
+    import code: ``auto_map`` (the folder's own modules), an attention or experts
     implementation that is not one of transformers' built-in names (``org/kernel`` pulls a
-    compiled kernel from the Hub). Returns a description of each removal."""
+    compiled kernel from the Hub), and ``use_pretrained_backbone`` (weights fetched by name).
+    Returns a description of each removal."""
     removed: list[str] = []
     stack: list[tuple[str, dict[str, Any]]] = [("", config)]
     while stack:
@@ -209,6 +210,11 @@ def _code_refs(config: dict[str, Any]) -> list[str]:
                 del node[key]
                 text = json.dumps(value, sort_keys=True, default=str)[:200]
                 removed.append(f"{_CONFIG}:{where}{key}={text}")
+            elif key == "use_pretrained_backbone" and value is not False:
+                # Building the model would fetch backbone weights by name (from the Hub or
+                # timm), outside this folder and its verification; the folder's weights win.
+                node[key] = False
+                removed.append(f"{_CONFIG}:{where}{key}={json.dumps(value, default=str)[:50]}")
             elif isinstance(value, dict):
                 stack.append((f"{where}{key}.", value))
     return sorted(removed)
