@@ -119,10 +119,6 @@ def test_npy_empty_fortran_array_still_reads() -> None:
 
 
 # --- tensor names built from attacker keys ----------------------------------------------------
-@pytest.mark.xfail(
-    strict=True,
-    reason="_materialize.iter_specs builds every full dotted name eagerly; owner must bound it",
-)
 def test_tensor_names_cannot_amplify_a_shared_key_into_gigabytes() -> None:
     """One 100 kB string used as the key at 200 nesting levels (memo references cost 2 bytes)
     makes every dotted name 20 MB; ``iter_specs`` materialises one per child, so a 1 MB file

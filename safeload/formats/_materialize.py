@@ -64,22 +64,61 @@ def check_spec(spec: TensorSpec, storage_bytes: int, *, limits: Limits, path: st
     return numel * itemsize
 
 
+_NAME_PART = 128
+"""Characters of one key kept in a tensor's dotted name."""
+_NAME_MAX = 1024
+"""Characters of a whole dotted name; deeper names keep their last parts."""
+
+
+def _name_part(key: object) -> str:
+    if isinstance(key, str):
+        text = key
+    elif isinstance(key, (int, float)) or key is None:
+        text = str(key)  # the VM refuses ints too long to print
+    else:
+        text = f"<{type(key).__name__}>"  # str() of a tuple or bytes key can be huge
+    return text if len(text) <= _NAME_PART else text[:_NAME_PART] + "..."
+
+
+def _dotted(parents: list[tuple[int, object]], index: int) -> str:
+    """The name of node ``index``, built from the leaf up and cut at ``_NAME_MAX``."""
+    parts: list[str] = []
+    size = 0
+    while index > 0:
+        index, key = parents[index]
+        part = _name_part(key)
+        size += len(part) + 1
+        if size > _NAME_MAX:
+            parts.append("...")
+            break
+        parts.append(part)
+    return ".".join(reversed(parts))
+
+
 def iter_specs(value: object, prefix: str = "") -> Iterator[tuple[str, TensorSpec]]:
-    """Every tensor placeholder in a value tree, with a dotted name (dict keys, list indices)."""
+    """Every tensor placeholder in a value tree, with a dotted name (dict keys, list indices).
+
+    Names are built only for tensors, from parent pointers, and bounded: a file that reuses
+    one long memoised key at every nesting level must not make every name (and every
+    intermediate name) as long as all its levels together.
+    """
     seen: set[int] = set()
-    stack: list[tuple[str, object]] = [(prefix, value)]
+    parents: list[tuple[int, object]] = [(0, "")]  # node -> (parent node, key); 0 is the root
+    stack: list[tuple[int, object]] = [(0, value)]
     while stack:
-        name, v = stack.pop()
+        node, v = stack.pop()
         if isinstance(v, TensorSpec):
-            yield name, v
+            name = _dotted(parents, node)
+            yield (f"{prefix}.{name}" if prefix and name else prefix or name), v
             continue
         if isinstance(v, (dict, list, tuple)):
             if id(v) in seen:
                 continue
             seen.add(id(v))
-            items = v.items() if isinstance(v, dict) else enumerate(v)
-            children = [(f"{name}.{k}" if name else str(k), c) for k, c in items]
-            stack.extend(reversed(children))
+            items = list(v.items() if isinstance(v, dict) else enumerate(v))
+            base = len(parents)
+            parents.extend((node, k) for k, _ in items)
+            stack.extend((base + i, c) for i, (_, c) in reversed(list(enumerate(items))))
 
 
 class Materializer:
