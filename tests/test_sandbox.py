@@ -388,6 +388,32 @@ def test_worker_imports_only_what_it_needs() -> None:
     assert not unneeded & modules
 
 
+def test_lazy_import_scan_finds_every_nested_import() -> None:
+    """The worker's cheap line scan must find every import ``ast`` finds below the top level."""
+    import ast
+    import importlib
+    import pkgutil
+
+    import safeload.formats as formats
+    from safeload.sandbox._worker import _lazy_imports
+
+    for info in pkgutil.walk_packages(formats.__path__, prefix="safeload.formats."):
+        module = importlib.import_module(info.name)
+        assert module.__file__ is not None
+        tree = ast.parse(Path(module.__file__).read_text(encoding="utf-8"))
+        top = {id(node) for node in tree.body}
+        nested: set[str] = set()
+        for node in ast.walk(tree):
+            if id(node) in top:
+                continue
+            if isinstance(node, ast.Import):
+                nested.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                nested.add(node.module)
+        nested = {n for n in nested if n.split(".")[0] != "torch"}
+        assert nested <= _lazy_imports(module), info.name
+
+
 def test_spare_with_another_environment_is_not_used(monkeypatch: pytest.MonkeyPatch) -> None:
     from safeload.sandbox import _runner, prewarm
 
