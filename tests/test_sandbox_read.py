@@ -227,3 +227,23 @@ def test_sandboxed_read_matches_torch_load(tmp_path: Path) -> None:
     reference = torch.load(path, weights_only=True)
     got = sandboxed_read(path, limits=LIMITS)
     assert_same_kinds_and_sharing(reference, got)
+
+
+@pytest.mark.filterwarnings("ignore:.*quantized tensor creation:UserWarning")
+def test_sandboxed_read_of_quantized_and_plain_pickled_tensors(tmp_path: Path) -> None:
+    """Quantizer parameters and storages embedded with _load_from_bytes cross the boundary."""
+    import pickle
+
+    q = torch.quantize_per_tensor(torch.randn(6), scale=0.5, zero_point=3, dtype=torch.qint8)
+    torch.save({"q": q, "w": torch.nn.Parameter(torch.ones(2))}, tmp_path / "q.pt")
+    plain = torch.arange(5, dtype=torch.float32)
+    (tmp_path / "plain.pkl").write_bytes(pickle.dumps({"a": plain, "b": plain[1:3]}))
+    for name in ("q.pt", "plain.pkl"):
+        path = tmp_path / name
+        expected = read(bytearray(path.read_bytes()), name=name, limits=LIMITS).value
+        got = sandboxed_read(path, limits=LIMITS)
+        assert_same_kinds_and_sharing(expected, got)
+        for key in expected:
+            assert torch.equal(expected[key], got[key]), f"{name}[{key}]"
+            if expected[key].is_quantized:
+                assert got[key].q_scale() == 0.5 and got[key].q_zero_point() == 3
