@@ -21,7 +21,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from safeload.errors import FormatError, LimitExceededError, UnsafeModelError
+from safeload.errors import (
+    FormatError,
+    LimitExceededError,
+    UnsafeModelError,
+    UnsupportedFormatError,
+)
 from safeload.formats._nested import read_nested_storage
 from safeload.formats._types import (
     StorageRef,
@@ -315,10 +320,9 @@ def _rebuild_qtensor(args: tuple[object, ...], ctx: Ctx) -> object:
         raise _bad(what, "quantizer parameters must start with a torch quantization scheme")
     scheme = qparams[0].name
     if scheme != "per_tensor_affine":
-        raise UnsafeModelError(
+        raise UnsupportedFormatError(  # not unsafe: recognised, and deliberately not read
             f"{what}: quantization scheme {scheme!r} is not supported",
             rule="pickle.quantizer",
-            code="SL103",
             detail="only per_tensor_affine quantized tensors are read; per-channel scales and "
             "zero points are tensors of their own that safeload does not rebuild (dequantize "
             "the model or save it as safetensors)",
