@@ -258,3 +258,38 @@ def test_plain_tensor_state_and_metadata_still_read() -> None:
     torch.save(sd, buf)
     out = read(buf.getvalue())
     assert out.value._metadata == {"": {"version": 1}}
+
+
+# --- compression wrappers ---------------------------------------------------------------------
+@pytest.mark.parametrize("kind", ["gzip", "bz2", "lzma"])
+def test_many_concatenated_empty_members_are_refused(kind: str) -> None:
+    """Each member's tail was re-copied (``unused_data + bytes(rest)``), so N tiny members cost
+    O(N * file size): 200k empty gzip members (4 MB) took ~15 s, 40 MB would take hours. Now
+    offsets, input fed from 1 KiB up, and at most one member per 4 KiB on average."""
+    import bz2
+    import gzip
+    import lzma
+
+    from safeload.formats._compression import decompress
+
+    empty = {
+        "gzip": gzip.compress(b"", mtime=0),
+        "bz2": bz2.compress(b""),
+        "lzma": lzma.compress(b""),
+    }
+    with pytest.raises(FormatError, match="too many concatenated"):
+        decompress(empty[kind] * 20_000, kind, limits=LIMITS)
+
+
+@pytest.mark.parametrize("kind", ["gzip", "bz2", "lzma"])
+def test_ordinary_multi_member_and_large_streams_still_decompress(kind: str) -> None:
+    import bz2
+    import gzip
+    import lzma
+
+    from safeload.formats._compression import decompress
+
+    comp = {"gzip": gzip.compress, "bz2": bz2.compress, "lzma": lzma.compress}[kind]
+    big = bytes(range(256)) * 20_000
+    assert bytes(decompress(comp(big) + comp(b"tail"), kind, limits=LIMITS)) == big + b"tail"
+    assert bytes(decompress(comp(b"a") * 10, kind, limits=LIMITS)) == b"a" * 10

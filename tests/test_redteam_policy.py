@@ -120,7 +120,7 @@ def test_child_adding_a_signer_cannot_widen_who_may_sign(tmp_path: Path) -> None
     _write(
         tmp_path,
         "parent.toml",
-        'version = 1\n[trust]\nrequire_signature = true\nmin_signers = 1\n'
+        "version = 1\n[trust]\nrequire_signature = true\nmin_signers = 1\n"
         '[[trust.signers]]\nmethod = "key"\npublic_key = "parent.pem"\n',
     )
     child = _write(
