@@ -424,3 +424,16 @@ def test_config_object_and_unsupported_options(bert: tuple[Any, Path]) -> None:
         assert exc.value.rule == "pretrained.kwargs"
     half = safeload.from_pretrained(transformers.BertModel, folder, dtype=torch.float16)
     assert half.embeddings.word_embeddings.weight.dtype == torch.float16
+
+
+def test_weights_can_be_parsed_in_the_sandbox(tmp_path: Path) -> None:
+    report = safeload.doctor()
+    if report.probe_error:
+        pytest.skip(f"the sandbox worker cannot run here: {report.probe_error}")
+    torch.manual_seed(4)
+    model = transformers.BertModel(_config()).eval()
+    folder = tmp_path / "bin"
+    _write_bin_shards(model.state_dict(), folder, parts=2)
+    model.config.save_pretrained(folder)
+    loaded = safeload.from_pretrained(transformers.BertModel, folder, sandbox=True)
+    _same_weights(model, loaded)

@@ -289,7 +289,7 @@ def _read_index(folder: _Folder, index: str) -> tuple[list[str], dict[str, str]]
 def _load_weights(folder: _Folder, files: list[str], weight_map: dict[str, str] | None, *,
                   policy: Policy | str | os.PathLike[str] | None,
                   framework: Literal["torch", "numpy"],
-                  map_location: Any) -> dict[str, Any]:
+                  map_location: Any, sandbox: bool | None) -> dict[str, Any]:
     """One state dict over every shard; a name in two shards is refused, not overwritten."""
     import numpy as np
 
@@ -297,7 +297,8 @@ def _load_weights(folder: _Folder, files: list[str], weight_map: dict[str, str] 
     owner: dict[str, str] = {}
     for name in files:
         where = str(folder.root / name)
-        value = load(folder.sources[name], map_location, policy=policy, framework=framework)
+        value = load(folder.sources[name], map_location, policy=policy, framework=framework,
+                     sandbox=sandbox)
         if not isinstance(value, Mapping):
             raise FormatError("weight file does not hold a state dict", path=where,
                               rule="pretrained.state_dict", detail=type(value).__name__)
@@ -509,7 +510,7 @@ def _read(path_or_ref: str | os.PathLike[str], *, policy: Policy | str | os.Path
     files, weight_map = _weight_plan(folder, variant=options.pop("variant", None),
                                      use_safetensors=options.pop("use_safetensors", None))
     state = _load_weights(folder, files, weight_map, policy=policy, framework=framework,
-                          map_location=map_location)
+                          map_location=map_location, sandbox=options.pop("sandbox", None))
     return PretrainedState(state, config, str(folder.root), tuple(files), whole.verified,
                            ignored)
 
@@ -528,7 +529,8 @@ def from_pretrained(
 
     ``path_or_ref`` is a local folder or a cached ``org/name[@revision]`` (never downloaded;
     ``cache_dir`` overrides ``HF_HUB_CACHE``); ``subfolder``, ``variant`` and
-    ``use_safetensors`` pick files as in transformers. With a transformers model class
+    ``use_safetensors`` pick files as in transformers; ``sandbox`` is passed to each
+    ``safeload.load`` (``None``: the policy decides). With a transformers model class
     (``BertModel``, ``AutoModel``...) the model is built from ``config.json`` (or ``config=``,
     a config object) and filled with the folder's weights; ``strict=True`` refuses missing or
     unexpected keys, ``output_loading_info=True`` also returns them, ``dtype`` casts the model,
