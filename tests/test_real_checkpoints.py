@@ -178,3 +178,44 @@ def test_minilm_safetensors(minilm_wheel: Path, tmp_path: Path, assert_same: Any
     assert list(got_np) == list(want_np)
     for k in want_np:
         assert got_np[k].dtype == want_np[k].dtype and got_np[k].tobytes() == want_np[k].tobytes()
+
+
+def _dynamic_quantized() -> Any:
+    torch.manual_seed(4)
+    m = nn.Sequential(nn.Linear(8, 4), nn.ReLU(), nn.Linear(4, 2))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch deprecates its quantization APIs
+        return torch.ao.quantization.quantize_dynamic(m, {nn.Linear}, dtype=torch.qint8)
+
+
+@pytest.mark.parametrize("legacy", [False, True], ids=["zip", "legacy"])
+def test_dynamically_quantized_model_round_trips(
+    tmp_path: Path, legacy: bool, monkeypatch: pytest.MonkeyPatch, no_torch_load: None
+) -> None:
+    """``quantize_dynamic`` state dicts: per-tensor qint8 weights, a torch.qint8 dtype marker,
+    float biases. Loaded into a fresh quantized model, it computes exactly what the original
+    does."""
+    model = _dynamic_quantized()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch's own qtensor pickling uses TypedStorage
+        path = _save(tmp_path, "qdyn", model.state_dict(), legacy)
+    got = safeload.load(path)
+    monkeypatch.undo()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        want = torch.load(path, weights_only=True)
+    assert list(got) == list(want)
+    for key, value in want.items():
+        if key.endswith("_packed_params._packed_params"):
+            (gw, gb), (ww, wb) = got[key], value
+            assert gw.is_quantized and gw.dtype == ww.dtype
+            assert (gw.q_scale(), gw.q_zero_point()) == (ww.q_scale(), ww.q_zero_point())
+            assert torch.equal(gw.int_repr(), ww.int_repr()) and torch.equal(gb, wb)
+        elif isinstance(value, torch.Tensor):
+            assert torch.equal(got[key], value)
+        else:
+            assert got[key] == value
+    fresh = _dynamic_quantized()
+    fresh.load_state_dict(got)
+    x = torch.randn(3, 8)
+    assert torch.equal(fresh(x), model(x))

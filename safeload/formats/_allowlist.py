@@ -809,7 +809,7 @@ def _entries() -> dict[str, AllowedGlobal]:
         value=StorageType("uint8"),
         has_value=True,
     )
-    for dt in ITEMSIZE:
+    for dt in (*ITEMSIZE, *QUANTIZED_ITEMSIZE):
         add("torch." + dt, "a dtype name marker", value=TorchDType(dt), has_value=True)
     enc = "turns a str into bytes with latin-1 only, as Python 2 and numpy pickles do"
     add("_codecs.encode", enc, reduce=_codecs_encode)
