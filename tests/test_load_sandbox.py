@@ -166,3 +166,16 @@ def test_a_verified_file_is_trusted_by_untrusted_mode(verified: Any, assert_same
     assert_same(safeload.load(vf, sandbox=True), want)
     with pytest.raises(safeload.SandboxError):
         safeload.load(verified(), policy=_with_required("always", "no_such"))
+
+
+def test_quantized_tensors_come_back_exactly_from_the_worker(tmp_path: Path) -> None:
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        q = torch.quantize_per_tensor(torch.randn(4), 0.5, 1, torch.qint8)
+    path = tmp_path / "q.pt"
+    torch.save({"q": q}, path)
+    got = safeload.load(path, sandbox=True)["q"]
+    assert got.is_quantized and (got.q_scale(), got.q_zero_point()) == (0.5, 1)
+    assert torch.equal(got.int_repr(), q.int_repr())
