@@ -243,6 +243,7 @@ def test_sandboxed_read_of_quantized_and_plain_pickled_tensors(tmp_path: Path) -
         expected = read(bytearray(path.read_bytes()), name=name, limits=LIMITS).value
         got = sandboxed_read(path, limits=LIMITS)
         assert_same_kinds_and_sharing(expected, got)
+        assert isinstance(got, dict)
         for key in expected:
             assert torch.equal(expected[key], got[key]), f"{name}[{key}]"
             if expected[key].is_quantized:

@@ -22,7 +22,8 @@ LIMITS = Limits()
 
 
 def _safetensors(tensors: dict[str, Any], skeleton: object, meta: object = None,
-                 refs: object = ()) -> bytes:  # fmt: skip
+                 refs: object = (), specs: object = None,
+                 storages: object = None) -> bytes:  # fmt: skip
     header: dict[str, Any] = {}
     data = b""
     for name, spec in tensors.items():
@@ -32,6 +33,10 @@ def _safetensors(tensors: dict[str, Any], skeleton: object, meta: object = None,
         "safeload.meta": json.dumps({} if meta is None else meta),
         "safeload.filerefs": json.dumps(list(refs) if isinstance(refs, tuple) else refs),
     }
+    if specs is not None:
+        header["__metadata__"]["safeload.specs"] = json.dumps(specs)
+    if storages is not None:
+        header["__metadata__"]["safeload.storages"] = json.dumps(storages)
     raw = json.dumps(header).encode()
     size = max((s["data_offsets"][1] for s in tensors.values()), default=0)
     data = bytes(size)
@@ -198,3 +203,106 @@ def test_any_plain_structure_round_trips() -> None:
         assert got == value and type(got) is type(value)
 
     check()
+
+
+# --- tensor views over storages (the reader path) ---------------------------------------------
+
+U8x16 = {"dtype": "U8", "shape": [16], "data_offsets": [0, 16]}
+
+
+def _view(storage: str = "s0", offset: int = 0, shape: object = (2,), stride: object = (1,),
+          dtype: object = "float32", kind: object = "tensor", grad: object = False,
+          extra: object = None) -> list[Any]:  # fmt: skip
+    return [storage, offset, list(shape), list(stride), dtype, kind, grad,  # type: ignore[call-overload]
+            {"$d": []} if extra is None else extra]  # fmt: skip
+
+
+@pytest.mark.parametrize("framework", ["numpy", "torch"])
+def test_views_over_one_storage_share_memory(memfd: int, framework: str) -> None:
+    specs = [_view(shape=(4,)), _view(offset=2, shape=(2, 1), stride=(1, 1)),
+             _view(kind="parameter")]  # fmt: skip
+    skeleton = [{"$ts": 0}, {"$ts": 1}, {"$ts": 2}, {"$ts": 0}]
+    value, _, _ = decode(memfd, _safetensors({"s0": U8x16}, skeleton, specs=specs),
+                         framework=framework)  # fmt: skip
+    a, b, p, again = value
+    assert a is again  # one view object, however often the skeleton names it
+    assert tuple(b.shape) == (2, 1)
+    a[0] = 7.0
+    b[0, 0] = 5.0
+    assert p[0] == 7.0 and a[2] == 5.0  # all three view the same storage
+    if framework == "torch":
+        import torch
+
+        assert type(p) is torch.nn.Parameter and type(a) is torch.Tensor
+
+
+@pytest.mark.parametrize(
+    ("specs", "skeleton", "storage", "why"),
+    [
+        ([_view(dtype="object")], {"$ts": 0}, U8x16, "unknown dtype"),
+        ([_view(kind="module")], {"$ts": 0}, U8x16, "unknown kind"),
+        ([_view(grad=1)], {"$ts": 0}, U8x16, "requires_grad not a bool"),
+        ([_view(storage="s9")], {"$ts": 0}, U8x16, "dangling storage"),
+        ([_view(offset=-1)], {"$ts": 0}, U8x16, "negative offset"),
+        ([_view(stride=(-1,))], {"$ts": 0}, U8x16, "negative stride"),
+        ([_view(extra=[1])], {"$ts": 0}, U8x16, "extras not a dict"),
+        ([_view()], {"$ts": 1}, U8x16, "view index out of range"),
+        ([_view(), _view()], {"$ts": 0}, U8x16, "unused view"),
+        ([_view()], {"$ts": 0}, {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]},
+         "storage not flat bytes"),
+        ([[0, 1]], {"$ts": 0}, U8x16, "short view"),
+        ("[]", {"$ts": 0}, U8x16, "views not a list"),
+    ],
+)  # fmt: skip
+def test_malformed_views_are_refused(memfd: int, specs: object, skeleton: object,
+                                     storage: dict[str, Any], why: str) -> None:  # fmt: skip
+    with pytest.raises(SandboxError) as info:
+        decode(memfd, _safetensors({"s0": storage}, skeleton, specs=specs))
+    assert info.value.rule == "sandbox.result", why
+
+
+def test_a_view_outside_its_storage_is_refused_by_the_parent(memfd: int) -> None:
+    from safeload.errors import FormatError
+
+    with pytest.raises(FormatError) as info:  # the materialiser re-checks every view
+        decode(memfd, _safetensors({"s0": U8x16}, {"$ts": 0}, specs=[_view(offset=3)]))
+    assert info.value.rule == "tensor.view"
+
+
+@pytest.mark.parametrize(
+    ("ref", "why"),
+    [
+        ([0, 8, 16], "past the end of the 16-byte input"),
+        ([1, 0, 4], "no such input"),
+        ([0, 0, 0], "empty"),
+        ([0, -4, 4], "negative offset"),
+        ([0, 0], "short"),
+    ],
+)
+def test_bad_storage_references_are_refused(memfd: int, tmp_path: Any, ref: object,
+                                            why: str) -> None:  # fmt: skip
+    model = tmp_path / "model.bin"
+    model.write_bytes(bytes(range(16)))
+    fd = os.open(model, os.O_RDONLY)
+    try:
+        with pytest.raises(SandboxError) as info:
+            decode(memfd, _safetensors({}, {"$ts": 0}, specs=[_view(storage="r0")],
+                                       storages=[ref]), inputs=(fd,))  # fmt: skip
+    finally:
+        os.close(fd)
+    assert info.value.rule == "sandbox.result", why
+
+
+def test_storage_references_map_the_parents_own_descriptor(memfd: int, tmp_path: Any) -> None:
+    data = np.arange(4, dtype=np.float32)
+    model = tmp_path / "model.bin"
+    model.write_bytes(data.tobytes())
+    fd = os.open(model, os.O_RDONLY)
+    try:
+        value, _, _ = decode(memfd, _safetensors({}, {"$ts": 0}, specs=[_view(storage="r0")],
+                                                 storages=[[0, 4, 12]]), inputs=(fd,))  # fmt: skip
+    finally:
+        os.close(fd)
+    assert value.tolist() == [1.0, 2.0]
+    value[0] = 9.0  # private mapping: the caller's writes never reach the file
+    assert model.read_bytes() == data.tobytes()
