@@ -179,3 +179,11 @@ def test_quantized_tensors_come_back_exactly_from_the_worker(tmp_path: Path) -> 
     got = safeload.load(path, sandbox=True)["q"]
     assert got.is_quantized and (got.q_scale(), got.q_zero_point()) == (0.5, 1)
     assert torch.equal(got.int_repr(), q.int_repr())
+
+
+def test_a_symlink_the_caller_names_is_followed_as_in_process(
+    ckpt: Path, tmp_path: Path, assert_same: Any
+) -> None:
+    link = tmp_path / "link.pt"
+    link.symlink_to(ckpt)
+    assert_same(safeload.load(link, sandbox=True), safeload.load(ckpt))

@@ -472,7 +472,7 @@ def _load_sandboxed(
                 "file changed while it was being loaded", path=name or None, rule="source.read"
             )
     fmt = result.meta.get("format")
-    if fmt not in {f.value for f in Format}:
+    if fmt not in {known.value for known in Format}:
         raise SandboxError(
             "the worker reported no known format", path=name or None, rule="sandbox.result"
         )
@@ -492,7 +492,13 @@ def _caller_path(reported: str | None, path: Path, name: str) -> str | None:
 
 
 def _identity(path: Path) -> tuple[int, int, int, int]:
-    st = path.stat()
+    try:
+        st = path.stat()
+    except OSError as exc:
+        raise SourceError(
+            "file vanished while it was being loaded", path=str(path), rule="source.read",
+            detail=str(exc),
+        ) from None  # fmt: skip
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
@@ -504,18 +510,26 @@ def _sandbox_input(
     if isinstance(f, (str, os.PathLike)):
         # The in-process reader follows links the caller named; the worker refuses links, so
         # hand it the resolved file (the same one _bytes_of just read).
-        path = Path(os.path.realpath(f))
+        path = Path(os.fsdecode(os.path.realpath(f)))
         yield path, _identity(path)
         return
     with tempfile.TemporaryDirectory(prefix="safeload-sandbox-") as tmp:
         path = Path(tmp) / "input"
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
-            view = memoryview(data).cast("B")
-            while view:
-                view = view[os.write(fd, view) :]
-        finally:
-            os.close(fd)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            try:
+                view = memoryview(data).cast("B")
+                while view:
+                    view = view[os.write(fd, view) :]
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            raise SandboxError(
+                "cannot stage the input for the sandbox worker",
+                path=name or None,
+                rule="sandbox.inputs",
+                detail=str(exc),
+            ) from None
         yield path, None
 
 
