@@ -44,12 +44,6 @@ def _decode(fd: int, payload: bytes) -> object:
 
 
 @pytest.mark.parametrize("tag", ["$d", "$set"])
-@pytest.mark.xfail(
-    strict=True,
-    raises=pytest.fail.Exception,  # DID NOT RAISE
-    reason="sandbox/_transport.py _Decoder builds dicts/sets from worker keys without the "
-    "VM's hash-flooding guard (Budget.distinct_hashes); sandbox owner to add it",
-)
 def test_skeleton_keys_crafted_to_collide_are_refused(memfd: int, tag: str) -> None:
     """The in-process VM refuses more than 32 distinct keys sharing one hash; the parent's
     skeleton decoder does not, so a compromised worker sends 10**6 int keys ``k * (2**61 - 1)``
@@ -61,11 +55,6 @@ def test_skeleton_keys_crafted_to_collide_are_refused(memfd: int, tag: str) -> N
         _decode(memfd, _result({tag: body}))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=OSError,
-    reason="sandbox/_transport.py seal() lets OSError (EBUSY) escape; wrap it as SandboxError",
-)
 def test_result_still_mapped_writable_elsewhere_is_a_sandbox_error(memfd: int) -> None:
     """A worker child that survives with a shared writable mapping of the result memfd makes
     ``F_SEAL_WRITE`` fail with EBUSY: a bare ``OSError`` escapes ``run_in_sandbox`` instead of a

@@ -34,9 +34,10 @@ from typing import Any, Literal
 
 import numpy as np
 
-from safeload.errors import FormatError, SafeloadError, SandboxError
+from safeload.errors import FormatError, LimitExceededError, SafeloadError, SandboxError
 from safeload.formats._dtypes import DTYPES, SAFETENSORS_DTYPES, torch_dtype
 from safeload.formats._materialize import Materializer
+from safeload.formats._pickle_budget import Budget
 from safeload.formats._safetensors import parse_safetensors
 from safeload.formats._types import StorageRef, TensorSpec, TorchDevice, TorchDType, TorchLayout
 from safeload.policy import Limits
@@ -285,12 +286,19 @@ def encode_result(
 
 
 def seal(fd: int) -> None:
-    """Freeze the memfd: after this nobody (the worker's leftovers included) can change it."""
-    fcntl.fcntl(
-        fd,
-        fcntl.F_ADD_SEALS,
-        fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SEAL,
-    )
+    """Freeze the memfd: after this nobody (the worker's leftovers included) can change it.
+
+    ``EBUSY`` means someone still maps it writable (a worker descendant that outlived it):
+    the result cannot be trusted to stay put, so it is refused.
+    """
+    try:
+        fcntl.fcntl(
+            fd,
+            fcntl.F_ADD_SEALS,
+            fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SEAL,
+        )
+    except OSError as exc:
+        raise _protocol("the worker's result could not be sealed", str(exc)) from exc
 
 
 def _check_with_safetensors(fd: int) -> None:
@@ -322,6 +330,15 @@ class _Decoder:
         self.specs = specs or []
         self.storages = storages or {}
         self.built: dict[int, TensorSpec] = {}
+
+    def _no_flooding(self, keys: list[Any]) -> None:
+        """The pickle VM's hash-flooding guard, on keys a compromised worker chose."""
+        try:
+            Budget(self.limits).distinct_hashes(None, keys)
+        except LimitExceededError as exc:
+            raise _protocol("skeleton keys crafted to share one hash value", exc.detail) from exc
+        except TypeError as exc:  # an unhashable key
+            raise _protocol("unhashable key in skeleton") from exc
 
     def _spec(self, index: object, depth: int) -> TensorSpec:
         """A tensor placeholder from the worker's view table, checked field by field."""
@@ -395,10 +412,11 @@ class _Decoder:
             return tuple(self.decode(v, depth + 1) for v in body)
         if tag in ("$d", "$od") and isinstance(body, list):
             out: dict[Any, Any] = {} if tag == "$d" else collections.OrderedDict()
-            for pair in body:
-                if not isinstance(pair, list) or len(pair) != 2:
-                    raise _protocol("malformed dict entry in skeleton")
-                key = self.decode(pair[0], depth + 1)
+            if not all(isinstance(pair, list) and len(pair) == 2 for pair in body):
+                raise _protocol("malformed dict entry in skeleton")
+            keys = [self.decode(pair[0], depth + 1) for pair in body]
+            self._no_flooding(keys)
+            for key, pair in zip(keys, body, strict=True):
                 try:
                     out[key] = self.decode(pair[1], depth + 1)
                 except TypeError as exc:  # an unhashable key
@@ -420,8 +438,10 @@ class _Decoder:
         if tag == "$sl" and isinstance(body, list) and len(body) == 3:
             return slice(*(self.decode(v, depth + 1) for v in body))
         if tag in ("$set", "$fs") and isinstance(body, list):
+            members = [self.decode(v, depth + 1) for v in body]
+            self._no_flooding(members)
             try:
-                items = {self.decode(v, depth + 1) for v in body}
+                items = set(members)
             except TypeError as exc:
                 raise _protocol("unhashable set item in skeleton") from exc
             return items if tag == "$set" else frozenset(items)
