@@ -15,7 +15,7 @@ import pytest
 from _pickle_asm import asm
 
 from safeload import FormatError, LimitExceededError, Limits, SafeloadError
-from safeload.formats import analyze, read
+from safeload.formats import Format, analyze, detect, read
 from safeload.formats._pickle_vm import run_pickle
 
 LIMITS = Limits()
@@ -310,3 +310,55 @@ def test_memo_index_spelled_like_a_protocol0_bool_is_not_a_crash(data: bytes) ->
     had accepted. Fix: ``int(arg)`` (bools are ints), and run ``_globals_in`` inside the
     guard that turns reader slips into ``FormatError``."""
     analyze(data)
+
+
+# --- scanner/loader desync: a pickle that is also a tar -----------------------------------------
+def _tar_pickle_polyglot(members: dict[str, bytes], benign: object) -> bytes:
+    """An old-style (v7, no "ustar" magic) tar whose first header block is also the start of
+    a pickle: PROTO 2, BINBYTES swallowing the whole archive, POP, then a benign value."""
+    import io
+    import pickle
+    import tarfile
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tar:
+        for name, data in {"pad": b"", **members}.items():  # "pad" is renamed by the pickle
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    t = bytearray(buf.getvalue())
+    t[0:7] = b"\x80\x02B" + struct.pack("<I", len(t) - 7)
+    t[257:265] = bytes(8)  # no magic: tarfile reads it as a v7 header
+    t[148:156] = b"%06o\0 " % (sum(t[:148]) + 8 * 32 + sum(t[156:512]))
+    return bytes(t) + b"0" + pickle.dumps(benign, protocol=2)[2:]
+
+
+def test_pickle_that_tarfile_also_accepts_is_judged_as_the_tar() -> None:
+    """Detection looked for tar only by the "ustar" magic, so this file was a clean pickle to
+    ``analyze``/``scan``. ``torch.load`` tries every non-zip file as a legacy *tar* checkpoint
+    first (``tarfile.open``, which accepts magic-less v7 headers) and would unpickle its
+    ``pickle`` member with ``weights_only=False``: the scan vouched for bytes torch reads
+    differently. Detection now asks ``tarfile``'s own header check, before any other format."""
+    import io
+    import tarfile
+
+    payload = {"sys_info": b"x", "pickle": b"cos\nsystem\n(S'true'\ntR.", "storages": b"x"}
+    data = _tar_pickle_polyglot(payload, {"w": [1.0]})
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:  # what torch.load would see
+        assert {"sys_info", "pickle", "storages"} <= set(tar.getnames())
+    assert detect(data).format in (Format.TORCH_TAR, Format.UNKNOWN)
+    with pytest.raises(SafeloadError):
+        analyze(data)
+
+
+def test_real_tar_with_ustar_magic_is_still_a_torch_tar() -> None:
+    import io
+    import tarfile
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name in ("sys_info", "pickle", "storages", "tensors"):
+            info = tarfile.TarInfo(name)
+            info.size = 1
+            tar.addfile(info, io.BytesIO(b"x"))
+    assert detect(buf.getvalue()).format is Format.TORCH_TAR

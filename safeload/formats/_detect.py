@@ -14,6 +14,7 @@ import json
 import pickletools  # the opcode *decoder*; it never resolves or calls anything
 import re
 import struct
+import tarfile  # header checksum only: the same test torch.load's legacy path applies
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -94,18 +95,18 @@ def detect(
 
 def _detect_raw(data: memoryview, *, limits: Limits, name: str) -> tuple[Format, str]:
     head = bytes(data[:512])
+    if is_zip(data):  # torch.load: zip first,
+        return _detect_zip(data, limits=limits, name=name)
+    if _is_tar(head):  # then tar, before it ever looks at a pickle
+        return _detect_tar(data)
     if head[:6] == b"\x93NUMPY":
         return Format.NUMPY, "NumPy .npy magic"
     if head[:4] == b"GGUF":
         return Format.GGUF, "GGUF magic"
     if any(bytes(data[o : o + 8]) == _HDF5 for o in (0, 512, 1024, 2048)):
         return Format.HDF5, "HDF5 signature"
-    if is_zip(data):
-        return _detect_zip(data, limits=limits, name=name)
     if _is_safetensors(data):
         return Format.SAFETENSORS, "8-byte header length followed by a JSON header"
-    if len(head) >= 262 and head[257:262] == b"ustar":
-        return _detect_tar(data)
     if _is_pickle(data):
         return _detect_pickle(data, head)
     if _is_onnx(data):
@@ -131,6 +132,21 @@ def _is_safetensors(data: memoryview) -> bool:
         except ValueError:
             return False
     return probe[:2] in (b'{"', b"{ ")
+
+
+def _is_tar(head: bytes) -> bool:
+    """Whether ``tarfile`` accepts this first block, "ustar" magic or not (old v7 headers have
+    none). ``torch.load`` tries a non-zip file as a legacy tar checkpoint *first*, so a pickle,
+    ``.npy`` or safetensors file whose first block also checksums as a tar header is what
+    torch would unpickle from its members: it must be judged as a tar, never as the benign
+    format it also is (a scanner/loader desync)."""
+    if len(head) < 512:
+        return False
+    try:
+        tarfile.TarInfo.frombuf(head, tarfile.ENCODING, "surrogateescape")
+    except tarfile.HeaderError:
+        return False
+    return True
 
 
 def _is_pickle(data: memoryview) -> bool:
