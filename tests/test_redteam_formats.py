@@ -362,3 +362,11 @@ def test_real_tar_with_ustar_magic_is_still_a_torch_tar() -> None:
             info.size = 1
             tar.addfile(info, io.BytesIO(b"x"))
     assert detect(buf.getvalue()).format is Format.TORCH_TAR
+
+
+def test_npy_header_length_is_capped_before_the_header_is_copied() -> None:
+    """A 2.0 header length is a u32: the header was copied (up to the whole file) before
+    numpy's own 10 000-byte cap refused it. Refused from the length alone now."""
+    blob = b"\x93NUMPY\x02\x00" + struct.pack("<I", 1 << 20) + b" " * (1 << 20)
+    with pytest.raises(LimitExceededError, match="header"):
+        analyze(blob)

@@ -31,6 +31,8 @@ from safeload.policy import Limits
 __all__ = ["NpyHeader", "parse_npy", "read_npy", "read_npz"]
 
 _MAGIC = b"\x93NUMPY"
+_MAX_HEADER = 10_000
+"""numpy's own default ``max_header_size`` (``numpy.lib.format``): larger headers are refused."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +72,13 @@ def parse_npy(
     else:
         raise UnsupportedFormatError(
             f".npy format version {major}.{minor} is not supported", path=path, rule="numpy.version"
+        )
+    if hlen > _MAX_HEADER:  # before copying it: a 2.0 header may claim 4 GiB
+        raise LimitExceededError(
+            f".npy header of {hlen} bytes",
+            path=path,
+            rule="numpy.header",
+            detail=f"numpy itself refuses headers over {_MAX_HEADER} bytes",
         )
     if start + hlen > len(data):
         raise FormatError("truncated .npy header", path=path, rule="numpy.header")
