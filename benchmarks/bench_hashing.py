@@ -12,7 +12,8 @@ time (target <= 1.15x). "Hash only" is safeload's own hash pass (``hash_model``:
 threads and shards, a fixed 8 MiB buffer per thread, no copy kept), so the ratio is the cost
 of keeping the verified bytes and loading from them. Files are hashed once before timing so
 every contender sees a warm page cache. Numbers on a shared machine are noisy; the best of
-``--repeat`` runs is reported, with the load average.
+``--repeat`` rounds is reported (contenders run round-robin, so load from other jobs hits
+them alike), with the load average.
 """
 
 from __future__ import annotations
@@ -37,12 +38,14 @@ from safeload.signing import TrustSettings
 _MiB = 1 << 20
 
 
-def _best(fn: Callable[[], object], repeat: int) -> float:
-    best = float("inf")
+def _best(fns: dict[str, Callable[[], object]], repeat: int) -> dict[str, float]:
+    """Best time of each contender, run round-robin so load from other jobs hits them alike."""
+    best = dict.fromkeys(fns, float("inf"))
     for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            best[name] = min(best[name], time.perf_counter() - t0)
     return best
 
 
@@ -119,22 +122,27 @@ def main() -> int:
               f"loadavg={_loadavg()}")
         for label, root in (("four files", four), ("one file", single)):
             _one_thread_sha256(root)  # warm the page cache
-            base = _best(lambda r=root: _one_thread_sha256(r), args.repeat)
-            ours = _best(lambda r=root: safeload.hash_model(r), args.repeat)
-            gbps = lambda t: size / t / 1e9  # noqa: E731
+            fns: dict[str, Callable[[], object]] = {
+                "base": lambda r=root: _one_thread_sha256(r),
+                "ours": lambda r=root: safeload.hash_model(r),
+            }
+            if ms_hashing is not None:
+                fns["ms_sh"] = lambda r=root: ms_hashing.Config().use_shard_serialization().hash(r)
+                fns["ms_f"] = lambda r=root: ms_hashing.Config().use_file_serialization().hash(r)
+            t = _best(fns, args.repeat)
+            base, ours = t["base"], t["ours"]
+            gbps = lambda x: size / x / 1e9  # noqa: E731
             print(f"\n[{label}]")
             print(f"  hashlib sha256, one thread : {base:6.2f} s  {gbps(base):5.2f} GB/s")
             print(f"  safeload.hash_model        : {ours:6.2f} s  {gbps(ours):5.2f} GB/s  "
                   f"speedup x{base / ours:.2f} (target >= {0.9 * cores:.2f})")
             if ms_hashing is not None:
-                ms_sh = _best(lambda r=root: ms_hashing.Config().use_shard_serialization()
-                              .hash(r), args.repeat)
-                ms_f = _best(lambda r=root: ms_hashing.Config().use_file_serialization()
-                             .hash(r), args.repeat)
+                ms_sh, ms_f = t["ms_sh"], t["ms_f"]
                 print(f"  model_signing shards       : {ms_sh:6.2f} s  {gbps(ms_sh):5.2f} GB/s  "
                       f"safeload is x{ms_sh / ours:.2f} faster")
                 print(f"  model_signing files        : {ms_f:6.2f} s  {gbps(ms_f):5.2f} GB/s  "
                       f"safeload is x{ms_f / ours:.2f} faster")
+            print(f"  (loadavg {_loadavg()})")
 
         key = ec.generate_private_key(ec.SECP256R1())
         kp = tmpd / "k.pem"
@@ -144,6 +152,7 @@ def main() -> int:
         pub = key.public_key().public_bytes(serialization.Encoding.PEM,
                                             serialization.PublicFormat.SubjectPublicKeyInfo)
         safeload.sign(four, method="key", private_key=kp)
+        import torch  # noqa: F401 - imported before timing, as a program that loads has it
         signer = KeySigner(public_key=pub.decode())
 
         def verify_and_load() -> None:
@@ -154,12 +163,15 @@ def main() -> int:
         def verify_and_load_mmap() -> None:
             _load_all(safeload.verify(four, policy=mapped, keep_bytes=False, unsafe_mmap=True))
 
-        hash_only = _best(lambda: safeload.hash_model(four), args.repeat)
-        verify_only = _best(lambda: safeload.verify(four, signers=[signer], keep_bytes=False),
-                            args.repeat)
-        verify_kept = _best(lambda: safeload.verify(four, signers=[signer]), args.repeat)
-        vl = _best(verify_and_load, args.repeat)
-        vm = _best(verify_and_load_mmap, args.repeat)
+        t = _best({
+            "hash_only": lambda: safeload.hash_model(four),
+            "verify_only": lambda: safeload.verify(four, signers=[signer], keep_bytes=False),
+            "verify_kept": lambda: safeload.verify(four, signers=[signer]),
+            "vl": verify_and_load,
+            "vm": verify_and_load_mmap,
+        }, args.repeat)
+        hash_only, verify_only, verify_kept = t["hash_only"], t["verify_only"], t["verify_kept"]
+        vl, vm = t["vl"], t["vm"]
         print("\n[signed safetensors model, four files]")
         print(f"  hash only (hash_model)     : {hash_only:6.2f} s")
         print(f"  verify, bytes not kept     : {verify_only:6.2f} s  "
