@@ -4,12 +4,17 @@ Run: ``nice python benchmarks/bench_sandbox.py [--gib 1.0] [--repeat 3]``. Print
 asserts. Each load runs in a fresh interpreter so peak RSS (``ru_maxrss``) belongs to that
 load alone; the sandboxed run also reports the worker's own peak RSS (from ``wait4``).
 Both loads end by reading every tensor element, so lazily mapped pages are counted.
+
+Modes: ``sandbox`` is a process's first sandboxed load (a cold worker); ``sandbox-warm`` runs
+after ``prewarm()`` had time to finish; ``sandbox-2nd`` is a second load right after a first
+one in the same process (the spare started after the first load may still be importing).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -29,6 +34,8 @@ mode, path = sys.argv[1], Path(sys.argv[2])
 if mode == "sandbox-warm":
     prewarm()  # an application does this at start-up, long before its first load
     time.sleep(3)
+if mode == "sandbox-2nd":  # back to back: the spare started after this load is the next worker
+    run_in_sandbox("read", [path], limits=Limits(), framework="torch")
 t0 = time.perf_counter()
 worker_rss = 0
 if mode == "inprocess":
@@ -57,6 +64,39 @@ def _run(mode: str, path: Path) -> dict[str, float]:
         [sys.executable, "-c", _CHILD, mode, str(path)], check=True, capture_output=True, text=True
     )
     return json.loads(out.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
+_IMPORTS = r"""
+import sys
+from pathlib import Path
+how, boot = sys.argv[1], Path(sys.argv[2])
+if how != "package":
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("_boot", boot)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if how == "bootstrap":
+        module.bare_packages(boot.parent.parent)
+    else:  # what a lazy safeload/__init__ alone would give: skip only the two package inits
+        module._package("safeload", boot.parent.parent)
+        module._package("safeload.sandbox", boot.parent)
+import safeload.sandbox._worker as worker
+worker._preload()
+"""
+
+
+def _imports(repeat: int) -> dict[str, float]:
+    """The worker's own start-up (interpreter + imports, no layers) three ways."""
+    from safeload.sandbox import _runner
+
+    times: dict[str, list[float]] = {"package": [], "lazy-init": [], "bootstrap": []}
+    for _ in range(repeat):
+        for how, out in times.items():
+            t0 = time.perf_counter()
+            subprocess.run([sys.executable, "-I", "-c", _IMPORTS, how, _runner._BOOTSTRAP],
+                           check=True)  # fmt: skip
+            out.append(time.perf_counter() - t0)
+    return {how: statistics.median(v) for how, v in times.items()}
 
 
 def _startup(repeat: int) -> tuple[float, float]:
@@ -92,17 +132,22 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
 
+    print(f"load average: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     probe, bare = _startup(max(3, args.repeat))
     print(f"worker start-up (probe task, all layers): {probe * 1000:.0f} ms "
           f"(bare `python -I -c pass`: {bare * 1000:.0f} ms)")  # fmt: skip
+    imports = _imports(max(3, args.repeat))
+    print("worker imports: " + ", ".join(f"{how} {t * 1000:.0f} ms" for how, t in imports.items())
+          + " (package: `import safeload` runs every __init__; lazy-init: only safeload/ and "
+          "sandbox/ inits skipped; bootstrap: what the worker does)")  # fmt: skip
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "checkpoint.pt"
         size = _make_checkpoint(path, args.gib)
         print(f"checkpoint: {size / (1 << 30):.2f} GiB of float32 in 16 tensors (torch.save zip)")
         _run("inprocess", path)  # warm the page cache once so both sides read from memory
-        rows: dict[str, list[dict[str, float]]] = {"inprocess": [], "sandbox": [],
-                                                   "sandbox-warm": []}  # fmt: skip
+        modes = ("inprocess", "sandbox", "sandbox-warm", "sandbox-2nd")
+        rows: dict[str, list[dict[str, float]]] = {mode: [] for mode in modes}
         for _ in range(args.repeat):
             for mode in rows:
                 rows[mode].append(_run(mode, path))
@@ -118,7 +163,7 @@ def main() -> None:
         if mode != "inprocess":
             line += f", worker peak RSS {med(mode, 'worker_rss') / gib:.2f} GiB"
         print(line)
-    for mode in ("sandbox", "sandbox-warm"):
+    for mode in ("sandbox", "sandbox-warm", "sandbox-2nd"):
         ratio = med(mode, "wall_s") / med("inprocess", "wall_s")
         rss_ratio = med(mode, "rss") / med("inprocess", "rss")
         print(f"{mode} / in-process: wall {ratio:.2f}x (target <= 1.1x), parent peak RSS "

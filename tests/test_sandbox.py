@@ -336,6 +336,7 @@ def test_prewarmed_worker_runs_the_next_job_and_is_replaced(tmp_path: Path) -> N
         spare = _runner._spare
         assert spare is not None and spare.usable()
         assert attempt("read_own_input", [model]) == {"same": True, "size": 3}
+        _runner._settle()
         assert _runner._spare is not None and _runner._spare is not spare  # a new spare waits
         # Every layer is still applied to a job that ran in a spare.
         result = run_in_sandbox("probe", [], limits=LIMITS)
@@ -353,9 +354,11 @@ def test_a_spare_starts_after_first_use_and_is_never_reused(tmp_path: Path) -> N
     prewarm()  # the default; an earlier test may have turned it off
     _runner._drop_spare()
     attempt("read_own_input", [model])
+    _runner._settle()
     first = _runner._spare
     assert first is not None and first.usable()  # started after the job, waiting for the next
     attempt("read_own_input", [model])
+    _runner._settle()
     second = _runner._spare
     assert second is not None and second is not first and second.usable()
     assert first.pidfd is None  # the spare that ran a job was closed, not kept

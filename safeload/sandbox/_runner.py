@@ -295,12 +295,40 @@ def _take_worker() -> _Worker:
 
 
 def _replenish() -> None:
-    """After a job: start the next spare while the caller uses this job's result."""
-    with _spare_lock:
-        _replenish_locked()
+    """After a job: start the next spare while the caller uses this job's result.
+
+    Spawning (descriptors, ``posix_spawn``) takes a few milliseconds; a short-lived thread
+    keeps that off the caller's path. The lock bounds it to one spare however many jobs end.
+    """
+
+    global _replenisher
+
+    def start() -> None:
+        with _spare_lock:
+            _replenish_locked()
+
+    _replenisher = threading.Thread(target=start, name="safeload-sandbox-spare", daemon=True)
+    _replenisher.start()
+
+
+_replenisher: threading.Thread | None = None
+
+
+def _settle() -> None:
+    """Wait until the spare started after the last job is spawned (tests, benchmarks)."""
+    thread = _replenisher
+    if thread is not None:
+        thread.join()
 
 
 @atexit.register
+def _at_exit() -> None:
+    global _keep_warm
+    with _spare_lock:
+        _keep_warm = False  # a replenishing thread that has not run yet starts nothing
+        _drop_locked()
+
+
 def _drop_spare() -> None:
     with _spare_lock:
         _drop_locked()
@@ -308,8 +336,9 @@ def _drop_spare() -> None:
 
 def _forget_spare_in_child() -> None:
     """After fork, in the child: the spare belongs to the parent; close our copies, no kill."""
-    global _spare, _spare_lock
+    global _spare, _spare_lock, _replenisher
     _spare_lock = threading.Lock()  # another thread may have held it at fork time
+    _replenisher = None
     if _spare is not None:
         _spare.close()
     _spare = None
