@@ -43,8 +43,10 @@ class Limits(BaseModel):
     max_memo_entries: int = Field(default=5_000_000, ge=0)
     """Most memo slots one pickle stream may fill."""
 
-    max_nesting_depth: int = Field(default=256, ge=0)
-    """Deepest nesting of MARKs and containers in a pickle stream."""
+    max_nesting_depth: int = Field(default=256, ge=0, le=1000)
+    """Deepest nesting of MARKs and containers in a pickle stream. At most 1000 (CPython's
+    recursion limit): hashing or comparing a tuple nested ~10**5 deep overflows the C stack
+    (a segfault, not an exception), and no checkpoint nests anywhere near that."""
 
     max_container_items: int = Field(default=50_000_000, ge=0)
     """Most items one list, tuple, dict or set built by the pickle reader may hold."""
