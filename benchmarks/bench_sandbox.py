@@ -2,7 +2,9 @@
 
 Run: ``nice python benchmarks/bench_sandbox.py [--gib 1.0] [--repeat 3]``. Prints ratios, never
 asserts. Each load runs in a fresh interpreter so peak RSS (``ru_maxrss``) belongs to that
-load alone; the sandboxed run also reports the worker's own peak RSS (from ``wait4``).
+load alone; the sandboxed run also reports the worker's own peak RSS (``VmHWM``, which the
+worker reads for itself: ``wait4``'s figure includes the parent's peak at spawn) and its
+anonymous (non file-backed) memory at the end, where a copy of tensor data would show.
 Both loads end by reading every tensor element, so lazily mapped pages are counted.
 
 Modes: ``sandbox`` is a process's first sandboxed load (a cold worker); ``sandbox-warm`` runs
@@ -37,14 +39,15 @@ if mode == "sandbox-warm":
 if mode == "sandbox-2nd":  # back to back: the spare started after this load is the next worker
     run_in_sandbox("read", [path], limits=Limits(), framework="torch")
 t0 = time.perf_counter()
-worker_rss = 0
+worker_rss = worker_anon = 0
 if mode == "inprocess":
     with path.open("rb") as f:
         mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)  # writable: torch needs no copy
     value = read(memoryview(mm), name=path.name, limits=Limits(), framework="torch").value
 else:
     result = run_in_sandbox("read", [path], limits=Limits(), framework="torch")
-    value, worker_rss = result.value, result.worker_max_rss
+    value, worker_rss = result.value, result.worker_memory.get("VmHWM", 0)
+    worker_anon = result.worker_memory.get("RssAnon", 0)
 loaded = time.perf_counter() - t0
 total = 0.0
 for t in value.values():
@@ -55,6 +58,7 @@ print(json.dumps({
     "wall_s": wall,
     "rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
     "worker_rss": worker_rss,
+    "worker_anon": worker_anon,
 }))
 """
 
@@ -161,7 +165,8 @@ def main() -> None:
                 f"{med(mode, 'wall_s'):.3f} s, "
                 f"parent peak RSS {med(mode, 'rss') / gib:.2f} GiB")  # fmt: skip
         if mode != "inprocess":
-            line += f", worker peak RSS {med(mode, 'worker_rss') / gib:.2f} GiB"
+            line += (f", worker peak RSS {med(mode, 'worker_rss') / gib:.2f} GiB (anonymous "
+                     f"{med(mode, 'worker_anon') / gib:.3f} GiB)")  # fmt: skip
         print(line)
     for mode in ("sandbox", "sandbox-warm", "sandbox-2nd"):
         ratio = med(mode, "wall_s") / med("inprocess", "wall_s")

@@ -248,3 +248,18 @@ def test_sandboxed_read_of_quantized_and_plain_pickled_tensors(tmp_path: Path) -
             assert torch.equal(expected[key], got[key]), f"{name}[{key}]"
             if expected[key].is_quantized:
                 assert got[key].q_scale() == 0.5 and got[key].q_zero_point() == 3
+
+
+def test_the_worker_holds_no_copy_of_tensor_data(tmp_path: Path) -> None:
+    """Tensor bytes stay in the page cache: the worker's anonymous memory stays small."""
+    from safeload.sandbox import run_in_sandbox
+
+    path = tmp_path / "big.pt"
+    size = 96 << 20
+    torch.save({"w": torch.ones(size // 4), "v": torch.zeros(size // 8)}, path)
+    result = run_in_sandbox("read", [path], limits=LIMITS, framework="torch")
+    anon = result.worker_memory.get("RssAnon")
+    if anon is None:
+        pytest.skip("this kernel's /proc/self/status has no RssAnon")
+    assert anon < size // 2, f"worker anonymous memory {anon >> 20} MiB"
+    assert isinstance(result.value, dict) and float(result.value["w"].sum()) == size // 4

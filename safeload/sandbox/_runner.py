@@ -25,7 +25,7 @@ import sys
 import threading
 import time
 from collections.abc import Collection, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -67,9 +67,14 @@ class SandboxResult:
     layers: tuple[LayerReport, ...]
     """One report per layer, in the order the worker applied them."""
     worker_max_rss: int
-    """The worker's peak resident set, in bytes (from ``wait4``, not from the worker)."""
+    """The worker's peak resident set, in bytes, from ``wait4`` (not from the worker). It is at
+    least the *parent's* peak when the worker was spawned: ``posix_spawn`` shares the parent's
+    address space until ``exec`` and the kernel carries its peak over."""
     seconds: float
     """Wall time from spawn to a validated result."""
+    worker_memory: Mapping[str, int] = field(default_factory=dict)
+    """What the worker says of its own memory (``VmHWM``, ``RssAnon``, ``RssFile`` in bytes):
+    untrusted, for measurements only (``bench_sandbox``), never for a decision."""
 
 
 def _memfd(name: str, *, sealable: bool = False) -> int:
@@ -422,6 +427,13 @@ def _parse_reply(fd: int, log_fd: int) -> dict[str, Any]:
     return reply
 
 
+def _memory_report(raw: object) -> dict[str, int]:
+    if not isinstance(raw, dict):
+        return {}
+    return {k: v for k, v in raw.items()
+            if k in ("VmHWM", "RssAnon", "RssFile") and type(v) is int and v >= 0}  # fmt: skip
+
+
 def _audit_skip(task: str, skip: Collection[str]) -> None:
     event = {"event": "sandbox.unsafe_skip_layers", "task": task, "layers": sorted(skip)}
     _audit.warning(json.dumps(event))
@@ -544,6 +556,7 @@ def run_in_sandbox(
         layers=reports,
         worker_max_rss=int(usage.ru_maxrss) * 1024,
         seconds=time.monotonic() - started,
+        worker_memory=_memory_report(reply.get("memory")),
     )
 
 

@@ -281,6 +281,32 @@ def _error_dict(exc: SafeloadError) -> dict[str, Any]:
     return {"type": type(exc).__name__, **exc.to_dict()}
 
 
+def _open_status() -> int | None:
+    try:
+        return os.open("/proc/self/status", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+
+
+def _memory(fd: int | None) -> dict[str, int]:
+    """This process's own peak and anonymous resident memory, in bytes (for measurements).
+
+    ``wait4``'s ``ru_maxrss`` cannot say it: ``posix_spawn`` runs the child on the parent's
+    address space until ``exec``, and the kernel carries that address space's peak into the
+    child's. ``VmHWM`` is the peak of the worker's own memory since ``exec``; ``RssAnon`` at the
+    end shows what is not file pages (a copy of tensor data would be).
+    """
+    if fd is None:
+        return {}
+    out: dict[str, int] = {}
+    with contextlib.suppress(OSError, ValueError):
+        for line in os.pread(fd, 1 << 14, 0).decode("ascii", "replace").splitlines():
+            key, _, rest = line.partition(":")
+            if key in ("VmHWM", "RssAnon", "RssFile") and rest.strip().endswith("kB"):
+                out[key] = int(rest.split()[0]) * 1024
+    return out
+
+
 def _run(request: dict[str, Any], reports: list[_layers.LayerReport]) -> dict[str, Any]:
     required = frozenset(request["required_layers"])
     skip = frozenset(request["skip_layers"])
@@ -299,6 +325,7 @@ def _run(request: dict[str, Any], reports: list[_layers.LayerReport]) -> dict[st
     layer("rlimits", lambda: _layers.apply_rlimits(plan, required))
     layer("no_new_privs", lambda: _layers.apply_no_new_privs(required))
     layer("namespaces", lambda: _layers.apply_namespaces(required))
+    status_fd = _open_status()  # before Landlock, which would refuse opening it later
     task = TASKS.get(request["task"])
     if task is None:
         raise SandboxError(f"unknown sandbox task {request['task']!r}", rule="sandbox.task")
@@ -310,7 +337,7 @@ def _run(request: dict[str, Any], reports: list[_layers.LayerReport]) -> dict[st
     from safeload.sandbox._transport import encode_result
 
     encode_result(FD_RESULT, value, meta, ctx.regions(), ctx.storages)
-    return {"ok": True}
+    return {"ok": True, "memory": _memory(status_fd)}
 
 
 def main() -> None:
