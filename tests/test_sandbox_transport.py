@@ -306,3 +306,16 @@ def test_storage_references_map_the_parents_own_descriptor(memfd: int, tmp_path:
     assert value.tolist() == [1.0, 2.0]
     value[0] = 9.0  # private mapping: the caller's writes never reach the file
     assert model.read_bytes() == data.tobytes()
+
+
+def test_a_reference_into_an_empty_input_is_refused(memfd: int, tmp_path: Any) -> None:
+    model = tmp_path / "empty.bin"
+    model.write_bytes(b"")
+    fd = os.open(model, os.O_RDONLY)
+    try:
+        with pytest.raises(SandboxError) as info:
+            decode(memfd, _safetensors({}, {"$ts": 0}, specs=[_view(storage="r0")],
+                                       storages=[[0, 0, 4]]), inputs=(fd,))  # fmt: skip
+    finally:
+        os.close(fd)
+    assert info.value.rule == "sandbox.result"

@@ -516,7 +516,10 @@ class _InputMaps:
         mm = self._maps.get(index)
         if mm is None:
             fd = self._fds[index]
-            mm = mmap.mmap(fd, os.fstat(fd).st_size, flags=mmap.MAP_PRIVATE,
+            size = os.fstat(fd).st_size
+            if size == 0:  # mmap refuses empty files; nothing can be referenced in one anyway
+                raise _protocol("a reference points into an empty input file")
+            mm = mmap.mmap(fd, size, flags=mmap.MAP_PRIVATE,
                            prot=mmap.PROT_READ | mmap.PROT_WRITE)  # fmt: skip
             # The worker already read every page (CRCs), so they sit in the page cache: map them
             # in one call instead of one fault per page. Read-only population keeps them shared
