@@ -146,3 +146,34 @@ def test_hashing_refuses_a_fifo_swapped_in_after_listing(tmp_path: Path) -> None
     with _unblocker(target) as rescued, pytest.raises(safeload.SourceError):
         hash_entries([ModelEntry(entry.name, entry.path, entry.size)], serialization=ser)
     assert not rescued(), "hashing blocked in open() until a writer appeared"
+
+
+# --- Hugging Face cache refs --------------------------------------------------------------------
+def _cache_with_ref(cache: Path) -> Path:
+    repo = cache / "models--org--tiny"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "snapshots" / ("a" * 40)).mkdir(parents=True)
+    return repo / "refs" / "main"
+
+
+def test_hf_ref_that_is_a_fifo_is_refused_not_a_hang(tmp_path: Path) -> None:
+    """``refs/main`` was read with ``read_text``: a FIFO planted in a shared cache blocked
+    ``resolve_hf_ref`` (and so ``from_pretrained`` / ``verify org/name``) forever."""
+    from safeload.source import resolve_hf_ref
+
+    ref = _cache_with_ref(tmp_path)
+    os.mkfifo(ref)
+    with _unblocker(ref) as rescued, pytest.raises(safeload.SourceError, match="regular"):
+        resolve_hf_ref("org/tiny", cache_dir=tmp_path)
+    assert not rescued()
+
+
+def test_hf_ref_is_read_in_bounded_bytes(tmp_path: Path) -> None:
+    from safeload.source import resolve_hf_ref
+
+    ref = _cache_with_ref(tmp_path)
+    ref.write_bytes(b"a" * (1 << 20))  # read as its first 128 bytes, which are not a commit
+    with pytest.raises(safeload.SourceError, match="malformed cache ref"):
+        resolve_hf_ref("org/tiny", cache_dir=tmp_path)
+    ref.write_text("a" * 40 + "\n")
+    assert resolve_hf_ref("org/tiny", cache_dir=tmp_path).name == "a" * 40

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 from pathlib import Path
 
 from safeload.errors import SourceError
@@ -60,16 +61,36 @@ def resolve_hf_ref(
     commit = revision
     if not _COMMIT.match(revision):
         ref_file = repo_dir / "refs" / revision
-        try:
-            commit = ref_file.read_text(encoding="ascii").strip()
-        except OSError as exc:
-            raise _missing(ref, repo_dir) from exc
+        commit = _read_ref(ref_file, ref, repo_dir)
         if not _COMMIT.match(commit):
             raise SourceError("malformed cache ref", path=str(ref_file), rule="sources.revision")
     snapshot = repo_dir / "snapshots" / commit
     if not snapshot.is_dir():
         raise _missing(ref, repo_dir)
     return snapshot
+
+
+def _read_ref(ref_file: Path, ref: str, repo_dir: Path) -> str:
+    """The commit a cache ref names. The cache may be shared: a FIFO planted as ``refs/main``
+    must not block ``open()``, and a huge file must not be read whole (a ref is 40 hex)."""
+    try:
+        fd = os.open(ref_file, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        raise _missing(ref, repo_dir) from exc
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise SourceError(
+                "cache ref is not a regular file", path=str(ref_file), rule="sources.revision"
+            )
+        raw = os.read(fd, 128)
+    finally:
+        os.close(fd)
+    try:
+        return raw.decode("ascii").strip()
+    except UnicodeDecodeError:
+        raise SourceError(
+            "malformed cache ref", path=str(ref_file), rule="sources.revision"
+        ) from None
 
 
 def _missing(ref: str, repo_dir: Path) -> SourceError:
