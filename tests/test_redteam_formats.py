@@ -16,6 +16,7 @@ from _pickle_asm import asm
 
 from safeload import FormatError, LimitExceededError, Limits, SafeloadError
 from safeload.formats import Format, analyze, detect, read
+from safeload.formats._detect import _is_pickle
 from safeload.formats._pickle_vm import run_pickle
 
 LIMITS = Limits()
@@ -370,3 +371,51 @@ def test_npy_header_length_is_capped_before_the_header_is_copied() -> None:
     blob = b"\x93NUMPY\x02\x00" + struct.pack("<I", 1 << 20) + b" " * (1 << 20)
     with pytest.raises(LimitExceededError, match="header"):
         analyze(blob)
+
+
+# --- protocol 0 detection follows CPython, not pickletools --------------------------------------
+_GADGET = b"cos\nsystem\n(S'echo pwned'\ntR."  # never unpickled: only detected and refused
+
+
+@pytest.mark.parametrize("opening", [b"I0x1\n0", b"I010\n0", b"I1_000\n0", b"L0x10L\n0"])
+def test_protocol0_pickle_opening_with_a_base0_int_is_still_a_pickle(opening: bytes) -> None:
+    """``_pickle.c`` reads INT with ``strtol(s, 0)`` and LONG with base 0, so ``I0x1`` is a
+    valid opening; ``pickletools`` (base 10) failed on it, detection said "not a pickle", and
+    the scanner skipped ``notes.txt`` holding this gadget as a text file."""
+    assert detect(opening + _GADGET).format is Format.PICKLE
+    with pytest.raises(SafeloadError):
+        analyze(opening + _GADGET)
+
+
+def test_protocol0_gadget_named_like_text_is_not_skipped_by_scan(tmp_path: object) -> None:
+    from pathlib import Path
+
+    from safeload.integrations._scan import scan
+
+    folder = Path(str(tmp_path))
+    (folder / "notes.txt").write_bytes(b"I0x1\n0" + _GADGET)
+    report = scan(folder)
+    (result,) = report.results
+    assert result.verdict == "unsafe"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        b"Llama 2 Community License Agreement\n" * 200,  # 7 kB, opens with 'L' (LONG)
+        b"The model was trained on... " * 300,  # opens with 'T' (BINSTRING)
+        b"Index of /files\n" * 300,  # opens with 'I' (INT)
+    ],
+)
+def test_long_text_files_opening_like_an_opcode_are_not_pickles(text: bytes) -> None:
+    """Any decode error in the first 4 kB counted as "ran off the window" for larger files, so a
+    7 kB LICENSE starting with "Llama" was a malformed pickle, reported unsafe by scan."""
+    assert not _is_pickle(memoryview(text))
+
+
+@pytest.mark.parametrize("protocol", [0, 1])
+def test_real_protocol0_and_1_pickles_are_still_detected(protocol: int) -> None:
+    import pickle
+
+    for value in ({"a": [1, 2.5, "x", None, True, (1, 2)], "b": b"xx"}, [1] * 5000, "x" * 9000):
+        assert _is_pickle(memoryview(pickle.dumps(value, protocol=protocol)))

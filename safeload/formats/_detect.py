@@ -9,7 +9,6 @@ will not read are still *detected* (so the scanner can report them); readers ref
 
 from __future__ import annotations
 
-import io
 import json
 import pickletools  # the opcode *decoder*; it never resolves or calls anything
 import re
@@ -62,7 +61,6 @@ _TAR_TORCH_MEMBERS = frozenset({"sys_info", "pickle", "storages", "tensors"})
 # Opcodes a protocol 0/1 pickle (which has no PROTO header) can start with.
 _P0_FIRST = frozenset(b"(}])cNIJKLMFGSTUVX")
 _P0_WINDOW = 4096
-_GLOBAL_ARG = re.compile(r"[A-Za-z_][\w.]* [A-Za-z_][\w.]*")
 
 
 def unwrap(
@@ -154,18 +152,87 @@ def _is_pickle(data: memoryview) -> bool:
         return True
     if not data or data[0] not in _P0_FIRST:
         return False
-    # Protocol 0/1 has no header: accept only when the opening opcodes decode cleanly (up to
-    # STOP, or for many opcodes) and any GLOBAL names look like names. Text files fail fast.
+    # Protocol 0/1 has no header: accept when the opening opcodes are ones CPython's unpickler
+    # would read (up to STOP, or for many opcodes). Text files fail fast.
+    return _p0_opcodes(data)
+
+
+_OPCODES = {op.code.encode("latin-1")[0]: op for op in pickletools.opcodes}
+_LENGTH_PREFIX = {-2: struct.Struct("<B"), -3: struct.Struct("<i"), -4: struct.Struct("<I"),
+                  -5: struct.Struct("<Q")}  # fmt: skip
+# C strtol(s, &end, 0), which _pickle.c's INT tries first: "010" is octal, "0x1f" hex.
+_STRTOL = re.compile(rb"\s*[+-]?(0[xX][0-9a-fA-F]+|0[0-7]*|[1-9][0-9]*)\s*")
+_NAME_LINE = re.compile(rb"\S+")
+
+
+def _p0_opcodes(data: memoryview) -> bool:
+    """Whether the first opcodes are what *CPython* accepts, not what ``pickletools`` decodes.
+
+    ``pickletools`` reads INT/LONG in base 10, but ``_pickle.c`` accepts base 0 (``I0x1``,
+    ``I010``, ``I1_0``): a pickle opening with one of those was no pickle to detection, so a
+    scanner skipped it as text while ``pickle.load`` would run it. Conversely a decode error
+    is not "ran off the window" unless the bytes really ran out: a 5 kB licence starting with
+    ``Llama`` is text, not a pickle whose first line is too long.
+    """
     window = bytes(data[:_P0_WINDOW])
+    more = len(data) > _P0_WINDOW
+    pos = 0
+    for count in range(65):
+        if pos >= len(window):
+            return more
+        op = _OPCODES.get(window[pos])
+        if op is None:
+            return False
+        pos += 1
+        if op.name == "STOP":
+            return True
+        n = op.arg.n if op.arg is not None else 0
+        if n > 0:
+            pos += n
+        elif n in _LENGTH_PREFIX:
+            fmt = _LENGTH_PREFIX[n]
+            if pos + fmt.size > len(window):
+                return more
+            (length,) = fmt.unpack_from(window, pos)
+            pos += fmt.size
+            if not 0 <= length <= len(data) - pos:
+                return False  # longer than the whole file: CPython fails too
+            pos += length
+        elif n == pickletools.UP_TO_NEWLINE:
+            lines = 2 if op.name in ("GLOBAL", "INST") else 1
+            for _ in range(lines):
+                nl = window.find(b"\n", pos)
+                if nl < 0:
+                    return more
+                if not _line_ok(op.name, window[pos:nl]):
+                    return False
+                pos = nl + 1
+        if count >= 64:
+            return True
+    return True
+
+
+def _line_ok(name: str, line: bytes) -> bool:
+    """CPython's rules for a protocol 0 line argument (``Modules/_pickle.c``), generously."""
     try:
-        for i, (op, arg, _) in enumerate(pickletools.genops(io.BytesIO(window))):
-            if op.name in ("GLOBAL", "INST") and not _GLOBAL_ARG.fullmatch(str(arg)):
-                return False
-            if op.name == "STOP" or i >= 64:
-                return True
-    except ValueError:
-        return len(data) > _P0_WINDOW  # ran off the end of the window, not a decode error
-    return False
+        if name == "INT":
+            if not _STRTOL.fullmatch(line):
+                int(line, 0)
+        elif name == "LONG":
+            int(line[:-1] if line.endswith(b"L") else line, 0)
+        elif name in ("GET", "PUT"):
+            int(line, 10)
+        elif name == "FLOAT":
+            float(line)
+        elif name == "STRING":
+            return len(line) >= 2 and line[:1] == line[-1:] and line[:1] in (b"'", b'"')
+        elif name == "UNICODE":
+            line.decode("raw_unicode_escape")
+        elif name in ("GLOBAL", "INST"):
+            return _NAME_LINE.fullmatch(line) is not None and line.decode("utf-8") != ""
+    except ValueError:  # UnicodeDecodeError included
+        return False
+    return True
 
 
 def _detect_pickle(data: memoryview, head: bytes) -> tuple[Format, str]:
