@@ -131,3 +131,17 @@ def test_child_adding_a_signer_cannot_widen_who_may_sign(tmp_path: Path) -> None
     )
     with pytest.raises(PolicyError, match=r"trust\.signers"):
         load_policy(child)
+
+
+def test_every_policy_leaf_has_a_layering_rule() -> None:
+    """A field added to the schema without a rule would make ``_rule_for`` raise a bare
+    ``KeyError`` the first time a child sets it (or, with a generic fallback, let it loosen).
+    Only ``limits.*`` share one rule (minimum)."""
+    from safeload.policy import _layering
+
+    missing = [
+        leaf
+        for leaf in _layering.leaf_paths()
+        if not leaf.startswith("limits.") and leaf not in _layering._RULES
+    ]
+    assert missing == []
