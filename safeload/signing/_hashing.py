@@ -160,6 +160,8 @@ def _private_memory(size: int) -> mmap.mmap:
     take them as they read, spread over the cores. Pre-faulting instead (``MAP_POPULATE`` or
     ``MADV_POPULATE_WRITE``) measured slower than not pre-faulting at all, and pre-faulting huge
     pages slowest (see benchmarks/README.md). It is only a speed-up: without THP it is ignored.
+    ``MAP_PRIVATE`` is explicit because ``mmap.mmap(-1, n)`` defaults to ``MAP_SHARED``, which is
+    shmem: no THP there (``shmem_enabled`` is usually ``never``) and no use for sharing.
     """
     buf = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS,
                     prot=mmap.PROT_READ | mmap.PROT_WRITE)
