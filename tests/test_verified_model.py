@@ -182,7 +182,7 @@ def test_inspect_does_not_take_the_bytes(
     np.testing.assert_array_equal(_load(vf)["w"], tensors["w"])
 
 
-def test_unsafe_mmap_load_stays_read_only_memory(
+def test_unsafe_mmap_load_is_copy_on_write(
         signed: tuple[Path, KeySigner, dict[str, np.ndarray]]) -> None:
     pytest.importorskip("torch")
     root, signer, tensors = signed
@@ -190,11 +190,15 @@ def test_unsafe_mmap_load_stays_read_only_memory(
     vf = safeload.verify(root, policy=settings, unsafe_mmap=True, keep_bytes=False)[
         "x.safetensors"]
     before = bytes(vf.buffer())
+    start = _address(vf.buffer())
     loaded = safeload.load(vf, framework="torch")
-    loaded["w"].add_(1)  # a private copy: the mapped file is never written through
-    assert bytes(vf.buffer()) == before
+    w = loaded["w"]
+    assert start <= w.data_ptr() < start + vf.size  # a view of the mapping, no copy
+    np.testing.assert_array_equal(w.numpy(), tensors["w"])
+    w.add_(1)  # copy-on-write: the file is never written through
     assert (root / "x.safetensors").read_bytes() == before
-    np.testing.assert_array_equal(safeload.load(vf, framework="numpy")["w"], tensors["w"])
+    with pytest.raises(safeload.UsageError, match="handed over"):
+        safeload.load(vf, framework="torch")
 
 
 def _thp_mode() -> str:

@@ -93,7 +93,8 @@ class FileResult:
     resources: tuple[Resource, ...]
     data: memoryview | None
     owner: mmap.mmap | None = None
-    """The private anonymous memory behind ``data`` (``keep="copy"`` only), writable."""
+    """The writable private memory behind ``data``: anonymous (``copy``) or copy-on-write
+    over the file (``mmap``)."""
 
 
 class _Open:
@@ -116,7 +117,10 @@ class _Open:
             if keep == "copy" and self.size:
                 self.buffer = _private_memory(self.size)
             elif keep == "mmap" and self.size:
-                self.buffer = mmap.mmap(self.fd, self.size, access=mmap.ACCESS_READ)
+                # Copy-on-write: a loader may own writable tensors over it (no copy) and a
+                # tensor write never reaches the file; pages not yet written still follow it.
+                self.buffer = mmap.mmap(self.fd, self.size, flags=mmap.MAP_PRIVATE,
+                                        prot=mmap.PROT_READ | mmap.PROT_WRITE)
         except BaseException:
             os.close(self.fd)
             raise
@@ -269,7 +273,7 @@ def _run(opened: list[_Open], ser: Serialization, workers: int | None,
         if data is None and f.keep != "none":
             data = memoryview(b"")
         resources = tuple(sorted(per_file.get(i, []), key=lambda r: _start_of(r.name, ser)))
-        owner = f.buffer if f.keep == "copy" else None
+        owner = f.buffer
         out[f.entry.name] = FileResult(f.entry.name, str(f.entry.path), f.size, resources, data,
                                        owner)
     return out

@@ -67,7 +67,8 @@ class VerifiedFile:
     verify ran with keep_bytes=False."""
     size: int = 0
     owned: _Owned | None = field(default=None, repr=False, compare=False)
-    """The private memory behind ``data``, when verify kept a copy (not with unsafe_mmap)."""
+    """The writable private memory behind ``data`` (with unsafe_mmap: copy-on-write over the
+    file), which ``take_buffer`` hands over."""
 
     def buffer(self) -> memoryview:
         """The verified bytes (read-only). Loading from this is loading what was verified."""
@@ -85,7 +86,8 @@ class VerifiedFile:
 
         What ``safeload.load`` uses, so tensors are views of the verified memory. Views from
         :meth:`buffer` taken earlier share that memory and see any later writes to the tensors.
-        With ``unsafe_mmap`` the bytes are the mapped file and stay read-only.
+        With ``unsafe_mmap`` it is a copy-on-write mapping of the file: tensor writes stay in
+        this process, never reach the file.
         """
         data = self.buffer()
         if self.owned is None:
