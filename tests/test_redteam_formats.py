@@ -419,3 +419,18 @@ def test_real_protocol0_and_1_pickles_are_still_detected(protocol: int) -> None:
 
     for value in ({"a": [1, 2.5, "x", None, True, (1, 2)], "b": b"xx"}, [1] * 5000, "x" * 9000):
         assert _is_pickle(memoryview(pickle.dumps(value, protocol=protocol)))
+
+
+def test_global_used_as_a_dict_key_is_refused() -> None:
+    """The end-of-stream walk visited dict *values* only: ``{<allowlisted callable>: 1}``
+    handed safeload's reconstruction object to the caller as a key."""
+    ops = [
+        ("PROTO", 2),
+        "EMPTY_DICT",
+        ("GLOBAL", ("torch._utils", "_rebuild_tensor_v2")),
+        ("BININT1", 1),
+        "SETITEM",
+        "STOP",
+    ]
+    with pytest.raises(SafeloadError, match="returned as a value"):
+        read(asm(ops), framework="numpy")

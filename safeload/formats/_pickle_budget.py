@@ -187,8 +187,8 @@ def check_result(value: object, limits: Limits, forbidden: tuple[type, ...]) -> 
         if t in _SCALAR_TYPES or id(node) in seen:
             continue
         children: list[Any] = []
-        if t in _WALKED:
-            children.extend(node.values() if isinstance(node, dict) else node)
+        if t in _WALKED:  # dict keys too: a global used as a key is still a global
+            children.extend([*node.keys(), *node.values()] if isinstance(node, dict) else node)
         # State BUILD stored outside the container protocol (``OrderedDict._metadata``, a
         # user instance's attributes, ``TensorSpec.extra``) was checked when it was set, but
         # the memo can still reach it afterwards: walk it like any other child.
