@@ -145,3 +145,21 @@ def test_every_policy_leaf_has_a_layering_rule() -> None:
         if not leaf.startswith("limits.") and leaf not in _layering._RULES
     ]
     assert missing == []
+
+
+def test_a_look_alike_of_a_verified_file_is_not_verified() -> None:
+    """The gate called anything with a ``buffer()`` method and a ``digest`` string verified:
+    such an object satisfied ``require_signature`` (and skipped the ``untrusted`` sandbox)."""
+    from safeload.policy._gate import policy_gate
+    from safeload.policy._models import Policy
+
+    class LookAlike:
+        digest = "sha256:" + "0" * 64
+        signers = ("key:sha256:trusted",)
+
+        def buffer(self) -> memoryview:
+            return memoryview(b"")
+
+    gate = policy_gate(Policy(), source=LookAlike())
+    assert not gate.verified
+    assert gate.signers == ()

@@ -18,6 +18,7 @@ import logging
 import math
 import os
 import re
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
@@ -93,6 +94,16 @@ class PolicyGate:
         return decision
 
 
+def _is_verified_file(source: object) -> bool:
+    """Only safeload's own ``VerifiedFile`` is verified. Duck typing (any object with a
+    ``buffer()`` method and a ``digest`` string) let a look-alike satisfy
+    ``require_signature`` and skip an ``untrusted``-mode sandbox. Looked up without importing
+    signing (policy sits below it): if that module is not loaded, no VerifiedFile exists."""
+    module = sys.modules.get("safeload.signing._verified")
+    cls = getattr(module, "VerifiedFile", None)
+    return cls is not None and type(source) is cls
+
+
 def policy_gate(
     policy: Policy | str | os.PathLike[str] | None,
     limits: Limits | None = None,
@@ -112,7 +123,7 @@ def policy_gate(
     if registered_globals is not None:
         select_extra_globals(effective, registered_globals)
     digest = getattr(source, "digest", None)
-    verified = callable(getattr(source, "buffer", None)) and isinstance(digest, str)
+    verified = _is_verified_file(source) and isinstance(digest, str)
     signers = getattr(source, "signers", ()) if verified else ()
     # Only a plain whole-file SHA-256 is reusable; a sharded OMS digest is not what pins name.
     plain = verified and isinstance(digest, str) and _PLAIN_SHA256.match(digest) is not None
