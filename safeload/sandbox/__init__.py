@@ -4,6 +4,7 @@ Public face of the capability; the machinery lives in private modules:
 
 - :mod:`._runner` the parent side (spawn, deadline, validate the reply and the result);
 - :mod:`._worker` the worker process and its fixed task registry;
+- :mod:`._bootstrap` the worker's entry script (imports only what the worker uses);
 - :mod:`._layers` the five layers in order (``rlimits``, ``no_new_privs``, ``namespaces``,
   ``landlock``, ``seccomp``), one module each;
 - :mod:`._transport` the memfd result channel (safetensors + a JSON skeleton);

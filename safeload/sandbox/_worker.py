@@ -1,4 +1,4 @@
-"""The sandboxed worker: ``python -I -m safeload.sandbox._worker``, started fresh for every job.
+"""The sandboxed worker, started fresh for every job (``python -I .../_bootstrap.py``).
 
 A new interpreter (spawn-style, not fork) inherits nothing from the caller but five descriptors:
 
