@@ -96,7 +96,11 @@ def bare_packages(root: Path) -> None:
 
 
 def main() -> None:
-    bare_packages(Path(__file__).resolve().parent.parent)
+    here = Path(__file__).resolve().parent
+    # ``-I`` keeps this folder off sys.path (3.11+); make sure, or ``_worker`` et al. would
+    # also be importable as top-level modules, a second copy of each.
+    sys.path[:] = [p for p in sys.path if p and Path(p).resolve() != here]
+    bare_packages(here.parent)
     from safeload.sandbox._worker import main as worker_main
 
     worker_main()
