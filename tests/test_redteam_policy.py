@@ -163,3 +163,50 @@ def test_a_look_alike_of_a_verified_file_is_not_verified() -> None:
     gate = policy_gate(Policy(), source=LookAlike())
     assert not gate.verified
     assert gate.signers == ()
+
+
+# --- a policy in the working directory cannot replace the machine's --------------------------
+@pytest.fixture
+def machine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A system policy requiring enforce mode and small limits; the cwd is a 'model repo'."""
+    from safeload.policy import _load as policy_load
+
+    system = _write(
+        tmp_path, "system.toml", 'version = 1\nmode = "enforce"\n[limits]\nmax_tensors = 10\n'
+    )
+    monkeypatch.setattr(policy_load, "SYSTEM_POLICY", system)
+    monkeypatch.delenv("SAFELOAD_POLICY", raising=False)
+    repo = tmp_path / "downloaded-model"
+    repo.mkdir()
+    monkeypatch.chdir(repo)
+    return repo
+
+
+@pytest.mark.parametrize("loosening", ['mode = "audit"\n', "[limits]\nmax_tensors = 1000000\n"])
+def test_repo_shipped_safeload_toml_cannot_loosen_the_system_policy(
+    machine: Path, loosening: str
+) -> None:
+    """``./safeload.toml`` (or ``[tool.safeload]`` in ``./pyproject.toml``) *replaced*
+    ``/etc/safeload/policy.toml``: ``cd`` into a downloaded repo shipping one, and its
+    ``mode = "audit"`` or raised limits applied instead of the administrator's."""
+    from safeload.policy import effective_policy
+
+    _write(machine, "safeload.toml", "version = 1\n" + loosening)
+    with pytest.raises(PolicyError, match="may only tighten"):
+        effective_policy()
+    (machine / "safeload.toml").unlink()
+    _write(
+        machine,
+        "pyproject.toml",
+        "[tool.safeload]\nversion = 1\n" + loosening.replace("[limits]", "[tool.safeload.limits]"),
+    )
+    with pytest.raises(PolicyError, match="may only tighten"):
+        effective_policy()
+
+
+def test_repo_policy_that_tightens_the_system_policy_applies_over_it(machine: Path) -> None:
+    from safeload.policy import effective_policy
+
+    _write(machine, "safeload.toml", "version = 1\n[limits]\nmax_tensors = 3\n")
+    policy = effective_policy()
+    assert policy.limits.max_tensors == 3 and policy.mode == "enforce"

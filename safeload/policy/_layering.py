@@ -21,7 +21,15 @@ from pydantic import BaseModel, ValidationError
 from safeload.errors import PolicyError
 from safeload.policy._models import Policy
 
-__all__ = ["DEFAULT_SOURCE", "Layered", "combine", "explicit_leaves", "leaf_paths", "refine"]
+__all__ = [
+    "DEFAULT_SOURCE",
+    "Layered",
+    "combine",
+    "explicit_leaves",
+    "leaf_paths",
+    "refine",
+    "refine_layered",
+]
 
 DEFAULT_SOURCE = "<built-in default>"
 _SECTIONS = ("formats", "trust", "sources", "limits", "pickle", "onnx", "sandbox")
@@ -319,6 +327,14 @@ def root(policy: Policy, source: str) -> Layered:
 def refine(parent: Layered, child: Policy, child_source: str) -> Layered:
     """Apply ``child`` on top of ``parent``: tighten-only, loosening raises PolicyError."""
     return _merge_leaves(parent, child, child_source, explicit_leaves(child), check=True)
+
+
+def refine_layered(parent: Layered, child: Layered) -> Layered:
+    """Apply an already-merged ``child`` (with its own ``extends``) on top of ``parent``,
+    tighten-only, for the leaves the child's files actually set."""
+    source = " + ".join(child.files)
+    merged = _merge_leaves(parent, child.policy, source, list(child.provenance), check=True)
+    return Layered(merged.policy, merged.provenance, (*parent.files, *child.files))
 
 
 def combine(first: Layered, second: Layered) -> Layered:

@@ -60,7 +60,7 @@ def effective_policy(policy: Policy | str | os.PathLike[str] | None = None) -> P
         return load_policy(env)
     local = Path("safeload.toml")
     if local.is_file():
-        return load_policy(local)
+        return _attach(_under_system_policy(_load_file(local, ())))
     pyproject = Path("pyproject.toml")
     if pyproject.is_file():
         table = _read_document(pyproject).get("tool", {}).get("safeload")
@@ -68,7 +68,8 @@ def effective_policy(policy: Policy | str | os.PathLike[str] | None = None) -> P
             if not isinstance(table, dict):
                 raise PolicyError("[tool.safeload] must be a table", path=str(pyproject.resolve()))
             source = f"{pyproject.resolve()}[tool.safeload]"
-            return _attach(_from_document(table, source, pyproject.resolve().parent, ()))
+            found = _from_document(table, source, pyproject.resolve().parent, ())
+            return _attach(_under_system_policy(found))
     if SYSTEM_POLICY.is_file():
         return load_policy(SYSTEM_POLICY)
     return _attach(_layering.Layered(Policy(), {}, (_layering.DEFAULT_SOURCE,)))
@@ -97,6 +98,22 @@ def _attach(layered: _layering.Layered) -> Policy:
     private["_provenance"] = dict(layered.provenance) or {"version": _layering.DEFAULT_SOURCE}
     private["_files"] = layered.files
     return policy
+
+
+def _under_system_policy(found: _layering.Layered) -> _layering.Layered:
+    """A policy found in the working directory may only tighten the machine's policy.
+
+    The working directory is often a downloaded model repo or a project checkout: a
+    ``safeload.toml`` shipped there used to *replace* ``/etc/safeload/policy.toml`` outright
+    (``mode = "audit"``, ``require_signature = false``, raised limits). The system policy is
+    now its implicit parent, under the same tighten-only rules as ``extends``.
+    """
+    if not SYSTEM_POLICY.is_file():
+        return found
+    system = _load_file(SYSTEM_POLICY, ())
+    if set(system.files) & set(found.files):  # it already extends the system policy
+        return found
+    return _layering.refine_layered(system, found)
 
 
 def _check_coherent(policy: Policy, files: tuple[str, ...]) -> None:
