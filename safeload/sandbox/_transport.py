@@ -37,7 +37,7 @@ import numpy as np
 from safeload.errors import FormatError, LimitExceededError, SafeloadError, SandboxError
 from safeload.formats._dtypes import DTYPES, SAFETENSORS_DTYPES, torch_dtype
 from safeload.formats._materialize import Materializer
-from safeload.formats._pickle_budget import Budget
+from safeload.formats._pickle_budget import _MAX_COLLISIONS, Budget
 from safeload.formats._safetensors import parse_safetensors
 from safeload.formats._types import StorageRef, TensorSpec, TorchDevice, TorchDType, TorchLayout
 from safeload.policy import Limits
@@ -126,7 +126,7 @@ class _Encoder:
                 spec.dtype,
                 spec.kind,
                 spec.requires_grad,
-                self.encode(dict(spec.extra)),
+                self.encode(dict(spec.extra)) if spec.extra else None,
             ]
             index = self._spec_by_id[id(spec)] = len(self.specs)
             self.specs.append(entry)
@@ -333,6 +333,8 @@ class _Decoder:
 
     def _no_flooding(self, keys: list[Any]) -> None:
         """The pickle VM's hash-flooding guard, on keys a compromised worker chose."""
+        if len(keys) <= _MAX_COLLISIONS:  # too few keys to flood anything
+            return
         try:
             Budget(self.limits).distinct_hashes(None, keys)
         except LimitExceededError as exc:
@@ -366,7 +368,7 @@ class _Decoder:
             or not isinstance(grad, bool)
         ):
             raise _protocol("malformed tensor view")
-        extra = self.decode(extra, depth + 1)
+        extra = {} if extra is None else self.decode(extra, depth + 1)
         if not isinstance(extra, dict) or not all(isinstance(k, str) for k in extra):
             raise _protocol("malformed tensor view extras")
         self.used.add(key)
