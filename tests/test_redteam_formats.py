@@ -298,19 +298,13 @@ def test_ordinary_multi_member_and_large_streams_still_decompress(kind: str) -> 
 
 # --- the report pass after the VM -------------------------------------------------------------
 @pytest.mark.parametrize("data", [b"\x80\x02K\x05p00\n.", b"(lp01\ng01\n0."])
-@pytest.mark.xfail(
-    strict=True,
-    raises=ValueError,
-    reason="_read._globals_in: pickletools decodes PUT/GET '00'/'01' as False/True and "
-    "int(str(arg)) raises; analyze() calls it outside the fail-closed guard",
-)
 def test_memo_index_spelled_like_a_protocol0_bool_is_not_a_crash(data: bytes) -> None:
     """``p00`` is memo slot 0 to CPython and to the VM, but ``pickletools`` reads a decimal
     argument of ``00``/``01`` as a bool, so the report pass's ``int(str(False))`` raised a bare
     ``ValueError`` out of ``analyze`` (the scanner's and ``inspect``'s entry) on a file the VM
     had accepted. Fix: ``int(arg)`` (bools are ints), and run ``_globals_in`` inside the
     guard that turns reader slips into ``FormatError``."""
-    analyze(data)
+    assert analyze(data).globals == ()
 
 
 # --- scanner/loader desync: a pickle that is also a tar -----------------------------------------

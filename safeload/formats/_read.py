@@ -169,12 +169,12 @@ def _globals_in(segment: bytes) -> set[str]:
         elif n in _STRING_OPS:
             recent.append(arg if isinstance(arg, str) else None)
         elif n in _GET_OPS:
-            recent.append(memo.get(int(str(arg))))
+            recent.append(memo.get(int(arg)))  # ``p00``: pickletools says False, CPython 0
         elif n == "MEMOIZE":
             memo[len(memo)] = recent[-1] if recent else None
             continue
         elif n in _PUT_OPS:
-            memo[int(str(arg))] = recent[-1] if recent else None
+            memo[int(arg)] = recent[-1] if recent else None
             continue
         elif n == "STACK_GLOBAL":
             mod, qual = (recent[-2], recent[-1]) if len(recent) >= 2 else (None, None)
@@ -371,8 +371,23 @@ def analyze(
         return Analysis(parsed.format, table, (), parsed.wrappers)
     table = _table(parsed, limits, name)
     names: set[str] = set()
-    for segment in segments:
-        names |= _globals_in(segment)
+    try:
+        for segment in segments:
+            names |= _globals_in(segment)
+    except SafeloadError:
+        raise
+    except (MemoryError, RecursionError) as exc:
+        raise LimitExceededError(
+            "file too complex to read", path=name or None, rule="limits.reader", detail=repr(exc)
+        ) from exc
+    except Exception as exc:  # a second decoder over hostile bytes: its slips refuse too
+        logger.debug("listing globals of %s failed", name, exc_info=True)
+        raise FormatError(
+            "malformed pickle",
+            path=name or None,
+            rule="formats.malformed",
+            detail=f"{type(exc).__name__}: {exc}"[:300],
+        ) from exc
     return Analysis(parsed.format, table, tuple(sorted(names)), parsed.wrappers)
 
 
