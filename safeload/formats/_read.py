@@ -152,6 +152,14 @@ _GET_OPS = frozenset({"GET", "BINGET", "LONG_BINGET"})
 _PUT_OPS = frozenset({"PUT", "BINPUT", "LONG_BINPUT"})
 
 
+def _memo_index(arg: object) -> int:
+    """CPython's reading of a PUT/GET argument: ``p00`` is slot 0, though ``pickletools``
+    decodes the protocol-0 ``00``/``01`` spelling as ``False``/``True`` (bools are ints)."""
+    if not isinstance(arg, int):
+        raise ValueError(f"memo index {arg!r} is not an integer")
+    return int(arg)
+
+
 def _globals_in(segment: bytes) -> set[str]:
     """The global names a pickle (already accepted by the VM) refers to, for reports.
 
@@ -169,12 +177,12 @@ def _globals_in(segment: bytes) -> set[str]:
         elif n in _STRING_OPS:
             recent.append(arg if isinstance(arg, str) else None)
         elif n in _GET_OPS:
-            recent.append(memo.get(int(arg)))  # ``p00``: pickletools says False, CPython 0
+            recent.append(memo.get(_memo_index(arg)))
         elif n == "MEMOIZE":
             memo[len(memo)] = recent[-1] if recent else None
             continue
         elif n in _PUT_OPS:
-            memo[int(arg)] = recent[-1] if recent else None
+            memo[_memo_index(arg)] = recent[-1] if recent else None
             continue
         elif n == "STACK_GLOBAL":
             mod, qual = (recent[-2], recent[-1]) if len(recent) >= 2 else (None, None)
