@@ -129,14 +129,11 @@ def test_load_refuses_a_fifo_instead_of_hanging(tmp_path: Path) -> None:
     assert not rescued(), "load blocked in open() until a writer appeared"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="signing/_hashing.py _Open has no O_NONBLOCK: a FIFO swapped in after listing hangs",
-)
 def test_hashing_refuses_a_fifo_swapped_in_after_listing(tmp_path: Path) -> None:
     """Between ``list_model_files`` (which refuses FIFOs) and hashing, a co-tenant replaces
-    ``model.bin`` with a FIFO: ``verify`` blocked forever in ``open()``. Fix as for load:
-    add ``O_NONBLOCK`` to ``_Open``'s flags (the ``S_ISREG`` check already follows)."""
+    ``model.bin`` with a FIFO: ``verify`` blocked forever in ``open()``. Fixed as for load:
+    ``_Open`` opens with ``O_NONBLOCK`` and the ``S_ISREG`` check follows. The entry is
+    rebuilt without the listing's identity so the file-type check alone is exercised."""
     target = tmp_path / "model.bin"
     target.write_bytes(b"w" * 64)
     (entry,) = list_model_files(tmp_path)
@@ -146,6 +143,31 @@ def test_hashing_refuses_a_fifo_swapped_in_after_listing(tmp_path: Path) -> None
     with _unblocker(target) as rescued, pytest.raises(safeload.SourceError):
         hash_entries([ModelEntry(entry.name, entry.path, entry.size)], serialization=ser)
     assert not rescued(), "hashing blocked in open() until a writer appeared"
+
+
+def test_hashing_refuses_a_regular_file_swapped_in_after_listing(tmp_path: Path) -> None:
+    """Same race with an ordinary file of the same size: the (device, inode) the listing saw
+    no longer matches the descriptor, so hashing refuses instead of hashing the newcomer."""
+    target = tmp_path / "model.bin"
+    target.write_bytes(b"w" * 64)
+    entries = list_model_files(tmp_path)
+    replacement = tmp_path / "other.bin"
+    replacement.write_bytes(b"e" * 64)
+    os.replace(replacement, target)  # the swap: same name and size, another inode
+    ser = Serialization(method="files", hash_type="sha256")
+    with pytest.raises(safeload.SourceError) as info:
+        hash_entries(entries, serialization=ser)
+    assert info.value.rule == "source.changed"
+
+
+def test_hashing_accepts_the_file_it_listed(tmp_path: Path) -> None:
+    """The identity check must not refuse the untouched file (nor a listed symlink target)."""
+    (tmp_path / "model.bin").write_bytes(b"w" * 64)
+    (tmp_path / "link.bin").symlink_to("model.bin")
+    entries = list_model_files(tmp_path, allow_symlinks=True)
+    assert all(e.identity is not None for e in entries)
+    ser = Serialization(method="files", hash_type="sha256")
+    hash_entries(entries, serialization=ser)
 
 
 # --- Hugging Face cache refs --------------------------------------------------------------------

@@ -101,7 +101,11 @@ class _Open:
     """One open file: its descriptor, authoritative size and (optional) kept buffer."""
 
     def __init__(self, entry: ModelEntry, keep: Keep) -> None:
-        flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+        # The listing resolved links already (``entry.path`` is the checked target), so the
+        # last component must not be one now; O_NONBLOCK keeps a FIFO swapped in since the
+        # listing from blocking ``open`` until a writer appears (regular files ignore it).
+        flags = (os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0)
+                 | getattr(os, "O_CLOEXEC", 0))
         try:
             self.fd = os.open(entry.path, flags)
         except OSError as exc:
@@ -112,6 +116,11 @@ class _Open:
             if not stat.S_ISREG(st.st_mode):
                 raise SourceError("not a regular file", path=str(entry.path),
                                   rule="source.file_type")
+            if entry.identity is not None and entry.identity != (st.st_dev, st.st_ino):
+                raise SourceError("file was replaced after the folder was listed",
+                                  path=str(entry.path), rule="source.changed",
+                                  detail=f"listed {entry.identity}, "
+                                         f"opened {(st.st_dev, st.st_ino)}")
             self.size = st.st_size
             self.buffer: mmap.mmap | None = None
             if keep == "copy" and self.size:

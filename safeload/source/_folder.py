@@ -37,6 +37,9 @@ class ModelEntry:
     size: int
     """Size at listing time; readers re-check with ``fstat`` on the descriptor they hash."""
     is_link: bool = False
+    identity: tuple[int, int] | None = None
+    """``(st_dev, st_ino)`` at listing time, so a file swapped in before hashing is refused;
+    ``None`` for entries built by hand."""
 
 
 def check_relative_name(name: str, *, what: str = "path") -> str:
@@ -172,7 +175,8 @@ def _scan_folder(
         if stat.S_ISDIR(st.st_mode):
             todo.append((path, name + "/"))
         elif stat.S_ISREG(st.st_mode):
-            out.append(ModelEntry(name=name, path=path, size=st.st_size))
+            out.append(ModelEntry(name=name, path=path, size=st.st_size,
+                                  identity=(st.st_dev, st.st_ino)))
         else:
             raise SourceError(
                 "not a regular file (FIFO, socket or device)", path=str(path),
@@ -201,4 +205,5 @@ def _checked_link(path: Path, name: str, *, allow_symlinks: bool, areas: list[Pa
             "symlink to something other than a regular file", path=str(path),
             rule="trust.allow_symlinks", detail="linked folders are not followed",
         )
-    return ModelEntry(name=name, path=target, size=st.st_size, is_link=True)
+    return ModelEntry(name=name, path=target, size=st.st_size, is_link=True,
+                      identity=(st.st_dev, st.st_ino))
