@@ -1,12 +1,19 @@
 """Tighten-only layering: a child policy may narrow what its parents allow, never widen it.
 
 Why a rule per field instead of a generic deep merge: "merge" means something different for each
-knob (an allowlist intersects, a limit takes the minimum, a signer list accumulates), and a
+knob (an allowlist intersects, a limit takes the minimum, signer requirements add up), and a
 generic override would let ``team.toml`` quietly switch an org baseline to audit mode. Only the
 fields a child *wrote* take part; anything it left out is inherited unchanged. A written value
 that would loosen its parent is a :class:`~safeload.errors.PolicyError` naming the field and
 both files. Sibling parents (``extends = [a, b]``) combine to the strictest of both, without the
 loosening check, since neither is the other's parent.
+
+Signers are the one place where "accumulate" alone would widen: a team adding its own key to
+the org's list, with one signature required, would let the team's key stand in for the org's.
+So every layer that lists signers also contributes a :class:`SignerGroup` to
+``trust.requirements`` (its own signers, and its effective ``min_signers`` capped at how many it
+lists), and verification requires *every* group. ``trust.signers`` stays the union (what a
+signature may be checked against) and ``trust.min_signers`` the overall distinct count.
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from safeload.errors import PolicyError
-from safeload.policy._models import Policy
+from safeload.policy._models import Policy, SignerGroup
 
 __all__ = [
     "DEFAULT_SOURCE",
@@ -215,6 +222,7 @@ _RULES: dict[str, _Rule] = {
     "trust.allow_symlinks": _all_true,
     "trust.allow_unsafe_mmap": _all_true,
     "trust.signers": _accumulate,
+    "trust.requirements": _union,
     "trust.pinned_digests": _pins,
     "sources.allowed_repos": _repos,
     "sources.require_revision": _any_true,
@@ -257,7 +265,7 @@ def _rebuild(policy: Policy, values: Mapping[str, Any], files: Iterable[str]) ->
         for part in head:
             target = target[part]
         target[last] = value.model_dump() if isinstance(value, BaseModel) else value
-        if leaf == "trust.signers" or leaf == "pickle.extra_globals":
+        if leaf in ("trust.signers", "trust.requirements", "pickle.extra_globals"):
             target[last] = [v.model_dump() if isinstance(v, BaseModel) else v for v in value]
     data["extends"] = ()
     try:
@@ -318,15 +326,50 @@ def _merge_leaves(
     return Layered(_rebuild(base.policy, values, files), provenance, files)
 
 
+_REQUIREMENTS = "trust.requirements"
+
+
+def _own_group(written: Policy, effective: Policy, source: str) -> SignerGroup | None:
+    """The requirement a layer adds: the signers it listed itself, and its effective count.
+
+    The count is capped at the group's size: ``min_signers = 2`` beside one new key means
+    "that key and one more", and the "one more" is the overall ``trust.min_signers``, which
+    still counts every trusted signer.
+    """
+    own = written.trust.signers
+    if "signers" not in written.trust.model_fields_set or not own:
+        return None
+    count = min(effective.trust.min_signers, len(own))
+    return SignerGroup(signers=own, min_signers=count, source=source)
+
+
+def _add_group(layered: Layered, group: SignerGroup | None) -> Layered:
+    groups = layered.policy.trust.requirements
+    if group is None or group in groups:
+        return layered
+    provenance = dict(layered.provenance)
+    earlier = provenance.get(_REQUIREMENTS)
+    provenance[_REQUIREMENTS] = group.source if earlier is None else f"{earlier}; {group.source}"
+    values = {_REQUIREMENTS: (*groups, group)}
+    return Layered(_rebuild(layered.policy, values, layered.files), provenance, layered.files)
+
+
 def root(policy: Policy, source: str) -> Layered:
     """A policy with no parents: every leaf it wrote comes from ``source``."""
     provenance = dict.fromkeys(explicit_leaves(policy), source)
-    return Layered(policy.model_copy(update={"extends": ()}), provenance, (source,))
+    layered = Layered(policy.model_copy(update={"extends": ()}), provenance, (source,))
+    if policy.trust.requirements:  # built in Python with explicit groups: taken as written
+        return layered
+    return _add_group(layered, _own_group(policy, policy, source))
 
 
 def refine(parent: Layered, child: Policy, child_source: str) -> Layered:
-    """Apply ``child`` on top of ``parent``: tighten-only, loosening raises PolicyError."""
-    return _merge_leaves(parent, child, child_source, explicit_leaves(child), check=True)
+    """Apply ``child`` on top of ``parent``: tighten-only, loosening raises PolicyError.
+
+    Signers the child lists become a requirement of their own, on top of the parent's.
+    """
+    merged = _merge_leaves(parent, child, child_source, explicit_leaves(child), check=True)
+    return _add_group(merged, _own_group(child, merged.policy, child_source))
 
 
 def refine_layered(parent: Layered, child: Layered) -> Layered:

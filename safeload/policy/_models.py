@@ -39,6 +39,7 @@ __all__ = [
     "SandboxLayer",
     "SandboxPolicy",
     "Signer",
+    "SignerGroup",
     "SigstoreSigner",
     "SourcesPolicy",
     "TrustPolicy",
@@ -200,6 +201,34 @@ def _read_pem(value: str, rule: str) -> bytes:
 Signer = Annotated[SigstoreSigner | KeySigner | CertificateSigner, Field(discriminator="method")]
 
 
+class SignerGroup(BaseModel):
+    """One layer's signer requirement: ``min_signers`` distinct signers of ``signers`` verified.
+
+    Why groups: layered policies are a conjunction. An org baseline trusting identity A and a
+    team policy adding key K mean "A *and* K", never "A or K"; a flat, accumulated signer list
+    with one count would let the team's key alone satisfy the org (a widening).
+    """
+
+    model_config = _CONFIG
+
+    signers: tuple[Signer, ...] = Field(min_length=1)
+    """The signers this layer listed (inherited ones belong to the parent's own group)."""
+
+    min_signers: int = Field(default=1, ge=1)
+    """Distinct signers of this group that must verify."""
+
+    source: str = ""
+    """The policy file this requirement came from (shown by ``safeload policy show``)."""
+
+    @model_validator(mode="after")
+    def _satisfiable(self) -> SignerGroup:
+        if self.min_signers > len(self.signers):
+            raise ValueError(
+                f"min_signers {self.min_signers} exceeds the group's {len(self.signers)} signers"
+            )
+        return self
+
+
 class TrustPolicy(BaseModel):
     """Who must have signed a model, and how signatures are checked."""
 
@@ -231,6 +260,23 @@ class TrustPolicy(BaseModel):
 
     pinned_digests: dict[str, str] = Field(default_factory=dict)
     """Name -> "sha256:<hex>": a whole model (OMS subject) or a single file must hash to this."""
+
+    requirements: tuple[SignerGroup, ...] = ()
+    """Every layer's signer group, all required. Computed by extends; files need not write it
+    (an exported effective policy carries it, and written groups only add requirements)."""
+
+    def signer_groups(self) -> tuple[SignerGroup, ...]:
+        """The requirements verification enforces, each one independently.
+
+        A policy built in Python (or a single file) may leave ``requirements`` empty: its one
+        group is then ``signers`` with ``min_signers``, which is exactly the flat rule.
+        """
+        if self.requirements:
+            return self.requirements
+        if not self.signers:
+            return ()
+        return (SignerGroup(signers=self.signers, min_signers=min(self.min_signers,
+                                                                  len(self.signers))),)
 
     @field_validator("trust_config")
     @classmethod

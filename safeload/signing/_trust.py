@@ -21,6 +21,7 @@ from safeload.errors import UsageError
 __all__ = [
     "CertificateSignerSpec",
     "KeySignerSpec",
+    "SignerGroupSpec",
     "SigstoreSignerSpec",
     "TrustSettings",
     "make_signer",
@@ -71,6 +72,20 @@ def make_signer(method: str, **fields: Any) -> Any:
 
 
 @dataclass(frozen=True, slots=True)
+class SignerGroupSpec:
+    """One requirement verification enforces: ``min_signers`` distinct signers of ``signers``.
+
+    Layered policies yield one per layer that lists signers, and *every* one must hold, so a
+    child adding its own key adds a requirement instead of a way around the parent's.
+    """
+
+    signers: tuple[Any, ...]
+    min_signers: int = 1
+    source: str = ""
+    """Which policy file asked for it, for error messages."""
+
+
+@dataclass(frozen=True, slots=True)
 class TrustSettings:
     """The verification-relevant part of the effective policy."""
 
@@ -93,9 +108,22 @@ class TrustSettings:
     """Policy mode ``audit``: a repo outside ``allowed_repos`` is logged, not refused."""
     policy: Any = None
     """The policy object these settings came from (passed on to Sigstore), if any."""
+    groups: tuple[SignerGroupSpec, ...] = ()
+    """The policy's ``trust.requirements``; empty means one group, ``signers``."""
 
     def with_overrides(self, **changes: Any) -> TrustSettings:
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    def requirements(self) -> tuple[SignerGroupSpec, ...]:
+        """Every group that must hold; the flat ``signers`` list when the policy has none.
+
+        ``min_signers`` applies on top of these, over all trusted signers together.
+        """
+        if self.groups:
+            return self.groups
+        if not self.signers:
+            return ()
+        return (SignerGroupSpec(self.signers, min(self.min_signers, len(self.signers))),)
 
 
 def _opt_path(value: Any) -> Path | None:
@@ -140,4 +168,15 @@ def settings_from_policy(policy: Any) -> TrustSettings:
         max_file_bytes=getattr(limits, "max_file_bytes", None),
         max_total_bytes=getattr(limits, "max_total_bytes", None),
         policy=policy,
+        groups=_groups(trust),
+    )
+
+
+def _groups(trust: Any) -> tuple[SignerGroupSpec, ...]:
+    """``trust.requirements`` (or the policy's own derivation of it) as plain specs."""
+    derive = getattr(trust, "signer_groups", None)
+    groups = derive() if callable(derive) else getattr(trust, "requirements", ())
+    return tuple(
+        SignerGroupSpec(tuple(g.signers), int(g.min_signers), str(getattr(g, "source", "")))
+        for g in groups or ()
     )

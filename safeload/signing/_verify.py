@@ -20,6 +20,7 @@ import hashlib
 import logging
 import os
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -220,8 +221,8 @@ def verify(
         trust_config=None if trust_config is None else Path(trust_config),
     )
     root = _resolve_root(path, settings)
-    if signers is not None:
-        settings = settings.with_overrides(signers=tuple(signers))
+    if signers is not None:  # the caller's list is the whole requirement: one group
+        settings = settings.with_overrides(signers=tuple(signers), groups=())
     if not settings.signers:
         raise VerificationError("no trusted signers: nothing can verify", rule="trust.signers",
                                 detail="name a key, CA or identity, or set trust.signers")
@@ -251,6 +252,7 @@ def verify(
         raise VerificationError(
             f"{len(who)} distinct trusted signer(s), policy requires {settings.min_signers}",
             rule="trust.min_signers", detail=", ".join(who))
+    _check_requirements(sig_paths, who, settings, offline=offline)
 
     real_root = root.resolve()
     sig_names = [p.resolve().relative_to(real_root).as_posix() for p in sig_paths
@@ -302,6 +304,38 @@ def verify(
         logger.info("files left out by the signer's ignore_paths (not verified): %s",
                     ", ".join(signer_ignored))
     return model
+
+
+def _check_requirements(sig_paths: Sequence[Path], who: tuple[str, ...],
+                        settings: TrustSettings, *, offline: bool) -> None:
+    """Every signer group must hold on its own: layered policies are a conjunction.
+
+    Each signature already verified against the union of trusted signers; here it is checked
+    again against each group's own list, so a signer only counts for the groups that list it.
+    A team key added under an org baseline therefore satisfies the team's group, never the
+    org's. Signatures only: no file is read or hashed again.
+    """
+    for group in settings.requirements():
+        if group.signers == settings.signers:
+            counted = who
+        else:
+            narrowed = replace(settings, signers=group.signers, groups=())
+            found: list[str] = []
+            for p in sig_paths:
+                try:
+                    found.append(verify_signature_file(p, narrowed, offline=offline)[0])
+                except VerificationError:
+                    continue  # verified, but by a signer this group does not list
+            counted = tuple(dict.fromkeys(found))
+        if len(counted) < group.min_signers:
+            where = group.source or "the policy"
+            raise VerificationError(
+                f"signer requirement from {where} not met: {len(counted)} of its signer(s) "
+                f"verified, {group.min_signers} required",
+                rule="trust.requirements",
+                detail=f"verified: {', '.join(who) or 'none'}; counted for this group: "
+                       f"{', '.join(counted) or 'none'}",
+            )
 
 
 def _check_names(entries: list[ModelEntry], manifest: Manifest, root: Path) -> None:
