@@ -154,7 +154,7 @@ def test_a_child_cannot_drop_the_parents_group(world: dict[str, Path]) -> None:
 
 def test_a_child_more_signers_than_keys_it_adds(world: dict[str, Path]) -> None:
     """``min_signers = 2`` beside one new key: the new key, plus the parent's group."""
-    org, team = _org_and_team(world, "[trust]\nmin_signers = 2\n")
+    _, team = _org_and_team(world, "[trust]\nmin_signers = 2\n")
     policy = load_policy(team)
     assert policy.trust.min_signers == 2
     assert [g.min_signers for g in policy.trust.requirements] == [1, 1]
@@ -181,7 +181,7 @@ def test_the_exported_effective_policy_keeps_every_group(world: dict[str, Path])
     copy = _write(world["dir"], "exported.json", json.dumps(exported))
     reloaded = load_policy(copy)
     assert reloaded.trust.requirements == load_policy(team).trust.requirements
-    with pytest.raises(VerificationError, match="trust.requirements|not met"):
+    with pytest.raises(VerificationError, match="not met"):
         _verify(world, copy, "k")
 
 

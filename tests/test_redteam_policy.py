@@ -10,8 +10,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
+from test_signing_helpers import make_model, write_key
 
-from safeload.errors import PolicyError
+import safeload
+from safeload.errors import PolicyError, VerificationError
 from safeload.policy import load_policy
 
 
@@ -104,33 +107,36 @@ def test_child_repo_glob_inside_parent_is_accepted(tmp_path: Path, parent: str, 
 
 
 # --- trust.signers ----------------------------------------------------------------------------
-@pytest.mark.xfail(
-    strict=True,
-    reason="documented design (docs/policy.md: signers accumulate); test_policy_layering "
-    "asserts it; needs the policy owner to adopt min_signers >= parent + added",
-)
 def test_child_adding_a_signer_cannot_widen_who_may_sign(tmp_path: Path) -> None:
     """Parent: signatures required, one trusted key. A child that adds its own key (and keeps
-    ``min_signers = 1``) passes the tighten-only check, yet a model signed *only* by the new
-    key now verifies: the child widened trust. Sound rule for ``_accumulate``: a child adding
-    k signers must raise ``min_signers`` to at least parent's + k (so a parent signer is still
-    needed), else it loosens."""
-    for k in ("parent.pem", "child.pem"):
-        _write(tmp_path, k, "unused: layering does not read keys")
+    ``min_signers = 1``) used to pass the tighten-only check while a model signed *only* by the
+    new key verified: the child widened trust. Each layer's signers are now a requirement of
+    their own (``trust.requirements``), so the child's key adds a condition, never a bypass."""
+    root = make_model(tmp_path / "model")
+    sigs = {}
+    for name in ("parent", "child"):
+        priv, _ = write_key(tmp_path / f"{name}.pem", ec.generate_private_key(ec.SECP256R1()))
+        sigs[name] = safeload.sign(
+            root, method="key", private_key=priv, signature=tmp_path / f"{name}.sig"
+        )
     _write(
         tmp_path,
         "parent.toml",
         "version = 1\n[trust]\nrequire_signature = true\nmin_signers = 1\n"
-        '[[trust.signers]]\nmethod = "key"\npublic_key = "parent.pem"\n',
+        '[[trust.signers]]\nmethod = "key"\npublic_key = "parent.pub.pem"\n',
     )
     child = _write(
         tmp_path,
         "child.toml",
         'version = 1\nextends = ["parent.toml"]\n'
-        '[[trust.signers]]\nmethod = "key"\npublic_key = "child.pem"\n',
+        '[[trust.signers]]\nmethod = "key"\npublic_key = "child.pub.pem"\n',
     )
-    with pytest.raises(PolicyError, match=r"trust\.signers"):
-        load_policy(child)
+    with pytest.raises(VerificationError) as info:
+        safeload.verify(root, policy=child, signature=sigs["child"])
+    assert info.value.rule == "trust.requirements"
+    assert "parent.toml" in str(info.value)
+    both = safeload.verify(root, policy=child, signature=sigs["parent"], signatures=[sigs["child"]])
+    assert len(both.signers) == 2
 
 
 def test_every_policy_leaf_has_a_layering_rule() -> None:
