@@ -364,6 +364,19 @@ def test_a_spare_starts_after_first_use_and_is_never_reused(tmp_path: Path) -> N
     assert first.pidfd is None  # the spare that ran a job was closed, not kept
 
 
+def test_a_spare_imports_at_idle_priority_but_its_job_runs_normally() -> None:
+    from safeload.sandbox import _runner, prewarm
+
+    prewarm()
+    spare = _runner._spare
+    assert spare is not None
+    if spare.idle:
+        assert os.sched_getscheduler(spare.pid) == os.SCHED_IDLE
+    result = run_in_sandbox("echo_scheduler", [], limits=LIMITS)
+    assert result.value == os.SCHED_OTHER
+    assert not spare.idle
+
+
 def test_a_forked_child_forgets_the_spare() -> None:
     from safeload.sandbox import _runner, prewarm
 

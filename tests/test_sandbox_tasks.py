@@ -140,6 +140,11 @@ def echo_modules(ctx: TaskContext) -> Outcome:
     return sorted(sys.modules), {}
 
 
+def echo_scheduler(ctx: TaskContext) -> Outcome:
+    """The scheduling policy the job runs under (a spare imports at SCHED_IDLE, never runs so)."""
+    return os.sched_getscheduler(0), {}
+
+
 TASKS = {
     name: fn
     for name, fn in globals().items()

@@ -158,9 +158,10 @@ def _closing(fds: list[int]) -> Iterator[list[int]]:
 class _Worker:
     """One spawned, fully imported worker waiting on its socket for exactly one job."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, idle: bool = False) -> None:
         self.env = _worker_env()
         self.owner = os.getpid()
+        self.idle = idle
         self.pidfd: int | None = None
         self.sock, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self.log_fd: int | None = _memfd("log")
@@ -186,6 +187,23 @@ class _Worker:
                 os.close(fd)
             child_end.close()
         self.pidfd = os.pidfd_open(self.pid)
+        if idle:  # posix_spawn's scheduler attribute knows no SCHED_IDLE; set it from here
+            try:
+                os.sched_setscheduler(self.pid, os.SCHED_IDLE, os.sched_param(0))
+            except OSError as exc:
+                _log.debug("spare worker keeps normal priority: %s", exc)
+                self.idle = False
+
+    def wake(self) -> bool:
+        """Back to normal scheduling before its job (a spare imports at ``SCHED_IDLE``)."""
+        if self.idle:
+            try:
+                os.sched_setscheduler(self.pid, os.SCHED_OTHER, os.sched_param(0))
+            except OSError as exc:
+                _log.debug("cannot restore the spare worker's priority: %s", exc)
+                return False
+            self.idle = False
+        return True
 
     def usable(self) -> bool:
         """Still waiting, in this process, with the environment a fresh one would get."""
@@ -278,22 +296,49 @@ def _drop_locked() -> None:
     _spare = None
 
 
+_idle_spares: bool | None = None
+"""Whether spares import at ``SCHED_IDLE`` (None: not known yet, see :func:`_idle_allowed`)."""
+
+
+def _idle_allowed() -> bool:
+    """Can we put a spare back to normal priority later? Only then may it start idle.
+
+    Leaving ``SCHED_IDLE`` needs ``CAP_SYS_NICE`` or an ``RLIMIT_NICE`` that allows nice 0.
+    A guess that proves wrong (a root without the capability) is learnt from the first
+    failed :meth:`_Worker.wake`; that spare is discarded, never run at idle priority.
+    """
+    if _idle_spares is not None:
+        return _idle_spares
+    if not hasattr(os, "SCHED_IDLE"):
+        return False
+    import resource
+
+    soft = resource.getrlimit(resource.RLIMIT_NICE)[0]
+    return os.geteuid() == 0 or soft == resource.RLIM_INFINITY or soft >= 21
+
+
 def _replenish_locked() -> None:
     global _spare
     if _spare is not None and not _spare.usable():
         _drop_locked()
     if _spare is None and _keep_warm:
         try:
-            _spare = _Worker()
+            # Imports at SCHED_IDLE: the spare only uses CPU nobody else wants, so it does not
+            # slow the caller's own work on the result it just got (it is woken for its job).
+            _spare = _Worker(idle=_idle_allowed())
         except SandboxError as exc:  # no spare is a slower next job, never a failed one
             _log.debug("could not start a spare sandbox worker: %s", exc)
 
 
 def _take_worker() -> _Worker:
-    global _spare
+    global _spare, _idle_spares
     with _spare_lock:
         worker, _spare = _spare, None
     if worker is not None and not worker.usable():
+        worker.discard()
+        worker = None
+    if worker is not None and not worker.wake():
+        _idle_spares = False  # never again: a job must not run at idle priority
         worker.discard()
         worker = None
     return worker or _Worker()
