@@ -130,7 +130,11 @@ def decide(candidate: Candidate, policy: Policy) -> Decision:
         hit("trust.require_signature", False, True, "no valid signature from a trusted signer")
     # Unsigned models are require_signature's business. min_signers speaks when verification
     # reported its signers and there were too few distinct ones (a verified file handed over
-    # without its signer list was already held to min_signers by safeload.verify).
+    # without its signer list was already held to min_signers by safeload.verify). The
+    # per-layer groups (trust.requirements) are safeload.verify's to enforce, which raises: a
+    # signer description cannot be attributed to a group here (a CA without an identity, an
+    # identity regex), and each group's count never exceeds min_signers, so this count is the
+    # most a description list can show.
     distinct = len(set(candidate.signers))
     if candidate.verified and candidate.signers and distinct < trust.min_signers:
         hit(
