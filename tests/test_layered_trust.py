@@ -213,3 +213,18 @@ def test_a_caller_signer_list_replaces_the_policy_groups(world: dict[str, Path])
 def test_a_group_needing_more_signers_than_it_lists_is_invalid() -> None:
     with pytest.raises(ValueError, match="exceeds"):
         SignerGroup(signers=(KeySigner(public_key="k.pem"),), min_signers=2)
+
+
+def test_decide_counts_the_largest_group(world: dict[str, Path]) -> None:
+    """A policy built in Python may give a group a higher count than ``min_signers``."""
+    from safeload.policy import Candidate, Policy, TrustPolicy, decide
+
+    signers = (KeySigner(public_key=str(world["a_pub"])), KeySigner(public_key=str(world["b_pub"])))
+    group = SignerGroup(signers=signers, min_signers=2, source="python")
+    policy = Policy(trust=TrustPolicy(signers=signers, min_signers=1, requirements=(group,)))
+    one = Candidate(path="w.bin", format="safetensors", size_bytes=1, signers=("a",), verified=True)
+    hits = decide(one, policy).rules
+    assert [(h.rule, h.limit) for h in hits] == [("trust.min_signers", 2)]
+    with pytest.raises(VerificationError, match="python"):
+        _verify(world, policy, "a")
+    assert len(_verify(world, policy, "a", "b").signers) == 2

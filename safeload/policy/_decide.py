@@ -133,15 +133,16 @@ def decide(candidate: Candidate, policy: Policy) -> Decision:
     # without its signer list was already held to min_signers by safeload.verify). The
     # per-layer groups (trust.requirements) are safeload.verify's to enforce, which raises: a
     # signer description cannot be attributed to a group here (a CA without an identity, an
-    # identity regex), and each group's count never exceeds min_signers, so this count is the
-    # most a description list can show.
+    # identity regex); what a description list can show is that no group's count is missed.
     distinct = len(set(candidate.signers))
-    if candidate.verified and candidate.signers and distinct < trust.min_signers:
+    required = max((g.min_signers for g in trust.signer_groups()), default=1)
+    required = max(required, trust.min_signers)
+    if candidate.verified and candidate.signers and distinct < required:
         hit(
             "trust.min_signers",
             distinct,
-            trust.min_signers,
-            f"{distinct} distinct trusted signer(s), {trust.min_signers} required",
+            required,
+            f"{distinct} distinct trusted signer(s), {required} required",
         )
     seen_digest = _strip(candidate.digest)
     for name, pinned in _pins_for(candidate, trust.pinned_digests):
