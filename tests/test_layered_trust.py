@@ -228,3 +228,39 @@ def test_decide_counts_the_largest_group(world: dict[str, Path]) -> None:
     with pytest.raises(VerificationError, match="python"):
         _verify(world, policy, "a")
     assert len(_verify(world, policy, "a", "b").signers) == 2
+
+
+# --- the brief's shape with a real keyless signer: org trusts a Sigstore identity ------------
+def test_org_sigstore_identity_and_team_key_are_both_required(
+    world: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from _sigstore_root import TEST_ISSUER, TestRoot, loopback_only
+
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
+    bot = "release-bot@safeload.example"
+    with loopback_only(), TestRoot().serve(tmp_path) as run:
+        a_sig = safeload.sign(
+            world["root"], method="sigstore", identity_token=run.root.token(email=bot),
+            trust_config=run.trust_config, signature=tmp_path / "a-sigstore.sig",
+        )
+        org = _write(
+            tmp_path,
+            "org-baseline.toml",
+            f'version = 1\n[trust]\nrequire_signature = true\ntrust_config = "{run.trust_config}"\n'
+            f'[[trust.signers]]\nmethod = "sigstore"\nidentity = "{bot}"\n'
+            f'issuer = "{TEST_ISSUER}"\n',
+        )
+        team = _write(
+            tmp_path,
+            "team.toml",
+            'version = 1\nextends = ["org-baseline.toml"]\n' + _key_block(world["k_pub"]),
+        )
+        root, k_sig = world["root"], world["k_sig"]
+        with pytest.raises(VerificationError, match=r"org-baseline\.toml"):
+            safeload.verify(root, policy=team, signature=k_sig)
+        with pytest.raises(VerificationError, match=r"team\.toml"):
+            safeload.verify(root, policy=team, signature=a_sig)
+        both = safeload.verify(root, policy=team, signature=a_sig, signatures=[k_sig])
+        assert f"sigstore:{bot} ({TEST_ISSUER})" in both.signers and len(both.signers) == 2
+        assert len(safeload.verify(root, policy=org, signature=a_sig).signers) == 1
