@@ -183,6 +183,7 @@ class ZipArchive:
 
     def _parse_central(self, offset: int, count: int, end: int) -> None:
         pos = offset
+        inflated = 0
         for _ in range(count):
             (
                 sig,
@@ -225,12 +226,17 @@ class ZipArchive:
                 )
             if method == _STORED and csize != usize:
                 raise self._bad(f"stored zip member {name!r} has two different sizes", "sizes")
-            if method == _DEFLATED and usize > self._limits.max_decompressed_bytes:
-                raise LimitExceededError(
-                    f"zip member {name!r} would decompress to {usize} bytes",
-                    path=self._path,
-                    rule="limits.max_decompressed_bytes",
-                )
+            if method == _DEFLATED:
+                # All members together: readers keep every member, so a per-member bound
+                # alone would let N members hold N times the limit in memory.
+                inflated += usize
+                if inflated > self._limits.max_decompressed_bytes:
+                    raise LimitExceededError(
+                        f"zip member {name!r} would bring deflated members to {inflated} bytes",
+                        path=self._path,
+                        rule="limits.max_decompressed_bytes",
+                        detail=f"more than {self._limits.max_decompressed_bytes} bytes",
+                    )
             if name in self.members:
                 raise self._bad(f"duplicate zip member name {name!r}", "duplicate_name")
             self.members[name] = self._local(name, raw_name, flags, method, crc, csize, usize, loff)

@@ -25,8 +25,11 @@ class Limits(BaseModel):
     max_total_bytes: int = Field(default=2048 * _GiB, ge=0)
     """Largest whole model (all files together), in bytes."""
 
-    max_decompressed_bytes: int = Field(default=64 * _GiB, ge=0)
-    """Largest output of a gzip/bz2/lzma/zlib wrapper or a compressed zip member, in bytes."""
+    max_decompressed_bytes: int = Field(default=4 * _GiB, ge=0)
+    """Largest output of a gzip/bz2/lzma/zlib wrapper, or of all deflated members of one zip
+    together, in bytes. Inflated bytes live in memory, so the default stays well under a
+    small host's RAM (deflate reaches ~1000:1: 64 GiB was a 64 MB file); compressed wrappers
+    around checkpoints are rare and small, and a policy can raise it."""
 
     max_tensors: int = Field(default=1_000_000, ge=0)
     """Most tensors (or arrays) one file may hold."""
