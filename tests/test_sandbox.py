@@ -367,7 +367,11 @@ def test_a_spare_starts_after_first_use_and_is_never_reused(tmp_path: Path) -> N
 def test_a_spare_imports_at_idle_priority_but_its_job_runs_normally() -> None:
     from safeload.sandbox import _runner, prewarm
 
-    prewarm()
+    _runner._drop_spare()
+    prewarm()  # at normal priority: the caller asked for a ready worker
+    assert _runner._spare is not None and not _runner._spare.idle
+    run_in_sandbox("echo_scheduler", [], limits=LIMITS)
+    _runner._settle()  # the spare started after a job imports at idle priority where it can
     spare = _runner._spare
     assert spare is not None
     if spare.idle:

@@ -274,9 +274,11 @@ def prewarm(keep: bool = True) -> None:
 
     Workers are single-use: one that parsed a file never gets another. To keep sequential
     jobs from paying interpreter start-up, each process keeps at most one *spare*: started
-    right after a job finishes (or now, by this call), fully imported, holding no input and no
-    layer yet; the next job takes it and a new spare starts after that job. ``prewarm(False)``
-    kills the spare and stops keeping one (``prewarm()`` turns it back on). A spare is only
+    right after a job finishes (at ``SCHED_IDLE`` where its priority can be restored, so it
+    does not compete with the caller) or now by this call (at normal priority), fully imported,
+    holding no input and no layer yet; the next job takes it and a new spare starts after
+    that job. ``prewarm(False)`` kills the spare and stops keeping one (``prewarm()`` turns it
+    back on). A spare is only
     used by the process that started it and only while the environment a fresh worker would
     get is unchanged; it is killed at exit, and a forked child forgets it.
     """
@@ -286,7 +288,7 @@ def prewarm(keep: bool = True) -> None:
         if not keep:
             _drop_locked()
             return
-        _replenish_locked()
+        _replenish_locked(idle=False)  # asked for now: start at normal priority
 
 
 def _drop_locked() -> None:
@@ -317,15 +319,13 @@ def _idle_allowed() -> bool:
     return os.geteuid() == 0 or soft == resource.RLIM_INFINITY or soft >= 21
 
 
-def _replenish_locked() -> None:
+def _replenish_locked(*, idle: bool) -> None:
     global _spare
     if _spare is not None and not _spare.usable():
         _drop_locked()
     if _spare is None and _keep_warm:
         try:
-            # Imports at SCHED_IDLE: the spare only uses CPU nobody else wants, so it does not
-            # slow the caller's own work on the result it just got (it is woken for its job).
-            _spare = _Worker(idle=_idle_allowed())
+            _spare = _Worker(idle=idle and _idle_allowed())
         except SandboxError as exc:  # no spare is a slower next job, never a failed one
             _log.debug("could not start a spare sandbox worker: %s", exc)
 
@@ -355,7 +355,9 @@ def _replenish() -> None:
 
     def start() -> None:
         with _spare_lock:
-            _replenish_locked()
+            # At SCHED_IDLE: the spare only takes CPU nobody else wants, so it does not slow the
+            # caller's own work on the result it just got (it is woken for its job).
+            _replenish_locked(idle=True)
 
     _replenisher = threading.Thread(target=start, name="safeload-sandbox-spare", daemon=True)
     _replenisher.start()
