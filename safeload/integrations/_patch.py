@@ -30,26 +30,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from safeload.errors import UsageError
-from safeload.policy import Policy, effective_policy
+from safeload.policy import Policy, audit_event, effective_policy
 
 __all__ = ["audit_event", "is_patched", "patch", "patched", "unpatch"]
 
 logger = logging.getLogger(__name__)
 
 _MARK = "__safeload_patched__"
-
-
-def audit_event(event: str, policy: Policy | None, *, level: int = logging.INFO,
-                **fields: Any) -> dict[str, Any]:
-    """One audit line (``safeload.audit`` logger and the policy's ``audit_log``) for an
-    integration event that is not a load decision: a patch installed, shipped code ignored."""
-    from safeload.policy._audit import _base, _emit
-
-    record = _base(event) | fields | {
-        "policy_digest": None if policy is None else policy.digest(),
-        "mode": None if policy is None else policy.mode,
-    }
-    return _emit(record, None if policy is None else policy.audit_log, level)
 
 
 @dataclass

@@ -5,7 +5,7 @@ its ``extends`` chain (tighten-only), and ``effective_policy`` finds the one tha
 """
 
 from safeload.policy._apply import select_extra_globals, tighter_limits
-from safeload.policy._audit import AUDIT_LOGGER_NAME, audit, audit_unsafe_option
+from safeload.policy._audit import AUDIT_LOGGER_NAME, audit, audit_event, audit_unsafe_option
 from safeload.policy._decide import Candidate, Decision, RuleHit, decide, enforce, needs_sandbox
 from safeload.policy._gate import PolicyGate, policy_gate
 from safeload.policy._limits import Limits
@@ -51,6 +51,7 @@ __all__ = [
     "SourcesPolicy",
     "TrustPolicy",
     "audit",
+    "audit_event",
     "audit_unsafe_option",
     "decide",
     "effective_policy",

@@ -20,7 +20,7 @@ from safeload.errors import PolicyError, UsageError
 from safeload.policy._decide import Decision
 from safeload.policy._models import Policy
 
-__all__ = ["AUDIT_LOGGER_NAME", "audit", "audit_unsafe_option"]
+__all__ = ["AUDIT_LOGGER_NAME", "audit", "audit_event", "audit_unsafe_option"]
 
 AUDIT_LOGGER_NAME = "safeload.audit"
 _audit_logger = logging.getLogger(AUDIT_LOGGER_NAME)
@@ -48,6 +48,26 @@ def _emit(record: dict[str, Any], audit_log: str | None, level: int) -> dict[str
     return record
 
 
+def _listening(level: int) -> bool:
+    """Whether a record at ``level`` would reach a handler that does something with it.
+
+    Mirrors ``Logger.callHandlers``: a disabled level, or handlers up the propagation chain
+    that are all ``NullHandler`` or above ``level``, drop the record; no handler at all sends
+    it to ``logging.lastResort`` (stderr, WARNING and up), which counts as listening."""
+    if not _audit_logger.isEnabledFor(level):
+        return False
+    found = False
+    logger: logging.Logger | None = _audit_logger
+    while logger is not None:
+        for handler in logger.handlers:
+            found = True
+            if not isinstance(handler, logging.NullHandler) and level >= handler.level:
+                return True
+        logger = logger.parent if logger.propagate else None
+    last = logging.lastResort
+    return not found and last is not None and level >= last.level
+
+
 def _base(event: str) -> dict[str, Any]:
     return {"event": event, "time": _now(), "host": socket.gethostname(), "pid": os.getpid()}
 
@@ -55,8 +75,13 @@ def _base(event: str) -> dict[str, Any]:
 def audit(decision: Decision, *, unsafe_options: Sequence[str] = ()) -> dict[str, Any]:
     """Record ``decision`` to the ``safeload.audit`` logger and the policy's ``audit_log``.
 
-    Returns the record written. Violations log at WARNING, clean decisions at INFO.
+    Returns the record written. Violations log at WARNING, clean decisions at INFO. When
+    nothing would record it (no ``audit_log``, no handler for that level) the record is not
+    built and ``{}`` is returned: this runs on every load.
     """
+    level = logging.INFO if decision.allowed else logging.WARNING
+    if decision.policy.audit_log is None and not _listening(level):
+        return {}
     cand = decision.candidate
     record = _base("decision") | {
         "path": cand.path,
@@ -72,8 +97,25 @@ def audit(decision: Decision, *, unsafe_options: Sequence[str] = ()) -> dict[str
         "mode": decision.mode,
         "unsafe_options": list(unsafe_options),
     }
-    level = logging.INFO if decision.allowed else logging.WARNING
     return _emit(record, decision.policy.audit_log, level)
+
+
+def audit_event(
+    event: str, policy: Policy | None = None, *, level: int = logging.INFO, **fields: Any
+) -> dict[str, Any]:
+    """Record an event that is not a load decision (a patch installed, shipped code ignored).
+
+    Same destinations and fail-closed ``audit_log`` as :func:`audit`; ``fields`` are added to
+    the record as given. Returns the record, or ``{}`` when nothing would record it.
+    """
+    audit_log = None if policy is None else policy.audit_log
+    if audit_log is None and not _listening(level):
+        return {}
+    record = _base(event) | fields | {
+        "policy_digest": None if policy is None else policy.digest(),
+        "mode": None if policy is None else policy.mode,
+    }
+    return _emit(record, audit_log, level)
 
 
 def audit_unsafe_option(
