@@ -44,6 +44,17 @@ class Candidate:
     revision: str | None = None
     sandboxed: bool = False
     """True when the bytes were parsed inside the sandbox worker."""
+    signers_reviewed: bool = False
+    """True when the signers were already held to this policy's ``trust.requirements`` and
+    ``min_signers`` (a verified file's record, re-checked by the gate): ``trust_findings``
+    then speaks for those rules instead of the description count below."""
+    trust_findings: tuple[RuleHit, ...] = ()
+    """What that re-check found short (``trust.requirements`` / ``trust.min_signers``)."""
+    pin_names: tuple[str, ...] = ()
+    """More names a ``trust.pinned_digests`` entry may use for this file (its name inside a
+    verified model folder, e.g. ``sub/model.bin``)."""
+    model_digest: str | None = None
+    """The verified model's OMS digest, which a ``"model"`` pin is held against."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,7 +114,9 @@ def _strip(digest: str | None) -> str | None:
 
 
 def _pins_for(candidate: Candidate, pins: Mapping[str, str]) -> list[tuple[str, str]]:
-    names = {PurePath(candidate.path).name}
+    names = {PurePath(candidate.path).name, *candidate.pin_names}
+    if candidate.model_digest is not None:
+        names.add("model")
     if candidate.repo:
         names |= {candidate.repo, candidate.repo.rsplit("/", 1)[-1]}
     return [(name, pins[name]) for name in sorted(names) if name in pins]
@@ -126,26 +139,33 @@ def decide(candidate: Candidate, policy: Policy) -> Decision:
         )
 
     trust = policy.trust
+    # A verified file's record was re-checked against every group by the gate (structured
+    # signers, so a group can be attributed). Its findings come first: "signed, but not by whom
+    # this policy requires" says more than the require_signature hit it usually implies.
+    hits.extend(candidate.trust_findings)
     if trust.require_signature and not candidate.verified:
         hit("trust.require_signature", False, True, "no valid signature from a trusted signer")
-    # Unsigned models are require_signature's business. min_signers speaks when verification
-    # reported its signers and there were too few distinct ones (a verified file handed over
-    # without its signer list was already held to min_signers by safeload.verify). The
-    # per-layer groups (trust.requirements) are safeload.verify's to enforce, which raises: a
-    # signer description cannot be attributed to a group here (a CA without an identity, an
-    # identity regex); what a description list can show is that no group's count is missed.
+    # Unsigned models are require_signature's business. For a candidate whose signers are only
+    # descriptions (not reviewed), min_signers speaks when there were too few distinct ones: a
+    # description cannot be attributed to a group (a CA without an identity, an identity
+    # regex); what a description list can show is that no group's count is missed.
     distinct = len(set(candidate.signers))
     required = max((g.min_signers for g in trust.signer_groups()), default=1)
     required = max(required, trust.min_signers)
-    if candidate.verified and candidate.signers and distinct < required:
+    if (
+        not candidate.signers_reviewed
+        and candidate.verified
+        and candidate.signers
+        and distinct < required
+    ):
         hit(
             "trust.min_signers",
             distinct,
             required,
             f"{distinct} distinct trusted signer(s), {required} required",
         )
-    seen_digest = _strip(candidate.digest)
     for name, pinned in _pins_for(candidate, trust.pinned_digests):
+        seen_digest = _strip(candidate.model_digest if name == "model" else candidate.digest)
         if seen_digest != _strip(pinned):
             hit(
                 "trust.pinned_digests",

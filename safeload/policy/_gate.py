@@ -8,7 +8,10 @@ allowed or not, leaves an audit line before anything can raise.
 
 Digests cost a pass over the bytes, so ``check`` hashes only when someone will use the
 result: a pinned digest, an ``audit_log`` file, or a ``safeload.audit`` logger that is on.
-A verified file brings its digest (and signers, when it carries them) from verification.
+A verified file brings its digest from verification, and the record of who verified it.
+That record is held to the *load's* policy here (its signer groups, ``min_signers`` and pins),
+without reading a byte: a file verified under a lax policy is not "verified" under a stricter
+one, and a hash-only record (no signature) never counts as signed.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from dataclasses import dataclass, replace
 
 from safeload.policy._apply import select_extra_globals, tighter_limits
 from safeload.policy._audit import AUDIT_LOGGER_NAME, audit
-from safeload.policy._decide import Candidate, Decision, decide, enforce
+from safeload.policy._decide import Candidate, Decision, RuleHit, decide, enforce
 from safeload.policy._layering import DEFAULT_SOURCE
 from safeload.policy._limits import Limits
 from safeload.policy._load import effective_policy, policy_files
@@ -47,6 +50,12 @@ class PolicyGate:
     configured: bool = True
     """False when no policy was passed or found (the built-in default applies to limits only)."""
     signers: tuple[str, ...] = ()
+    """Every signer the source's verification recorded (for the audit line)."""
+    signers_reviewed: bool = False
+    trust_findings: tuple[RuleHit, ...] = ()
+    """Where the verification record falls short of this policy's signer requirements."""
+    pin_names: tuple[str, ...] = ()
+    model_digest: str | None = None
 
     def _want_digest(self, level: int) -> bool:
         return bool(
@@ -83,6 +92,10 @@ class PolicyGate:
             repo=repo,
             revision=revision,
             sandboxed=sandboxed,
+            signers_reviewed=self.signers_reviewed,
+            trust_findings=self.trust_findings,
+            pin_names=self.pin_names,
+            model_digest=self.model_digest,
         )
         decision = decide(candidate, self.policy)
         if not decision.allowed and digest is None and self._want_digest(logging.WARNING):
@@ -123,15 +136,24 @@ def policy_gate(
     if registered_globals is not None:
         select_extra_globals(effective, registered_globals)
     digest = getattr(source, "digest", None)
-    verified = _is_verified_file(source) and isinstance(digest, str)
-    signers = getattr(source, "signers", ()) if verified else ()
+    if not (_is_verified_file(source) and isinstance(digest, str)):
+        return PolicyGate(policy=effective, limits=tighter_limits(effective.limits, limits),
+                          configured=configured)
+    review = source.review_trust(effective)  # type: ignore[attr-defined]
+    record = getattr(source, "record", None)
+    recorded = () if record is None else record.signers
     # Only a plain whole-file SHA-256 is reusable; a sharded OMS digest is not what pins name.
-    plain = verified and isinstance(digest, str) and _PLAIN_SHA256.match(digest) is not None
+    plain = _PLAIN_SHA256.match(digest) is not None
     return PolicyGate(
         policy=effective,
         limits=tighter_limits(effective.limits, limits),
-        verified=verified,
+        verified=bool(review.trusted),
         digest=digest if plain else None,
         configured=configured,
-        signers=tuple(str(s) for s in signers or ()),
+        signers=tuple(str(s.description) for s in recorded),
+        signers_reviewed=True,
+        trust_findings=tuple(RuleHit(f.rule, f.seen, f.limit, f.message)
+                             for f in review.shortfalls),
+        pin_names=(str(getattr(source, "name", "")),) if getattr(source, "name", "") else (),
+        model_digest=None if record is None else str(record.model_digest),
     )

@@ -10,22 +10,33 @@ name a signer on the command line rather than in a policy file.
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from safeload.errors import UsageError
+
+if TYPE_CHECKING:
+    from safeload.signing._verified import VerificationRecord, VerifiedSigner
 
 __all__ = [
     "CertificateSignerSpec",
     "KeySignerSpec",
     "SignerGroupSpec",
     "SigstoreSignerSpec",
+    "TrustReview",
     "TrustSettings",
+    "TrustShortfall",
+    "anchor_fingerprint",
     "make_signer",
+    "review_record",
     "settings_from_policy",
+    "signer_matches",
+    "spki_fingerprint",
 ]
 
 
@@ -179,4 +190,145 @@ def _groups(trust: Any) -> tuple[SignerGroupSpec, ...]:
     return tuple(
         SignerGroupSpec(tuple(g.signers), int(g.min_signers), str(getattr(g, "source", "")))
         for g in groups or ()
+    )
+
+
+# ------------------------------------------------------------ re-checking a verification record
+
+
+@dataclass(frozen=True, slots=True)
+class TrustShortfall:
+    """One signer requirement a recorded verification does not meet (a policy rule hit)."""
+
+    rule: str
+    seen: Any
+    limit: Any
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class TrustReview:
+    """A verification record held against a (possibly different) policy's signers."""
+
+    trusted: bool
+    """At least one recorded signer is one this policy trusts (or, when it names none, any
+    signer verified). False for a hash-only record: no signer, nothing to trust."""
+    counted: tuple[str, ...]
+    """Descriptions of the recorded signers this policy's signers match."""
+    shortfalls: tuple[TrustShortfall, ...] = ()
+
+
+def spki_fingerprint(public_key: Any) -> str:
+    """``sha256:<hex>`` of a public key's SubjectPublicKeyInfo DER: the key, not its encoding."""
+    from cryptography.hazmat.primitives import serialization
+
+    der = public_key.public_bytes(serialization.Encoding.DER,
+                                  serialization.PublicFormat.SubjectPublicKeyInfo)
+    return "sha256:" + hashlib.sha256(der).hexdigest()
+
+
+def anchor_fingerprint(cert: Any) -> str:
+    """``sha256:<hex>`` of a certificate's DER (how a trust anchor is recorded and matched)."""
+    from cryptography.hazmat.primitives import hashes
+
+    return "sha256:" + bytes(cert.fingerprint(hashes.SHA256())).hex()
+
+
+class _SignerFacts:
+    """A configured signer's matchable facts, loaded once per review (keys and CAs parse)."""
+
+    def __init__(self) -> None:
+        self._cache: dict[int, frozenset[str]] = {}
+
+    def fingerprints(self, signer: Any) -> frozenset[str]:
+        got = self._cache.get(id(signer))
+        if got is None:
+            if signer.method == "key":
+                from safeload.signing._key import load_public_key
+
+                got = frozenset({spki_fingerprint(load_public_key(signer.public_key))})
+            else:
+                from safeload.signing._certificate import load_certificates
+
+                got = frozenset(anchor_fingerprint(c) for c in load_certificates(signer.ca_chain))
+            self._cache[id(signer)] = got
+        return got
+
+
+def signer_matches(recorded: VerifiedSigner, signer: Any, facts: _SignerFacts | None = None
+                   ) -> bool:
+    """Whether a configured ``signer`` would have accepted the recorded one.
+
+    The same tests verification applies: Sigstore on the exact issuer plus the exact identity
+    or a whole-SAN regex; a key on its SPKI fingerprint; a certificate on the anchor its chain
+    led to plus, when the signer names one, an identity on the leaf.
+    """
+    method = getattr(signer, "method", None)
+    if method != recorded.method:
+        return False
+    facts = facts or _SignerFacts()
+    if method == "sigstore":
+        san, issuer = recorded.identity, recorded.issuer
+        if san is None or issuer is None or issuer != signer.issuer:
+            return False
+        if signer.identity is not None and san == signer.identity:
+            return True
+        regex = getattr(signer, "identity_regex", None)
+        return regex is not None and re.fullmatch(regex, san) is not None
+    if method == "key":
+        return recorded.key_fingerprint in facts.fingerprints(signer)
+    if method == "certificate":
+        if recorded.anchor_fingerprint not in facts.fingerprints(signer):
+            return False
+        identity = getattr(signer, "identity", None)
+        return identity is None or identity in recorded.leaf_identities
+    return False
+
+
+def review_record(record: VerificationRecord | None, settings: TrustSettings) -> TrustReview:
+    """Hold a past verification to ``settings``: every group, ``min_signers``, no hashing.
+
+    A policy that names no signers asks nothing about who signed: any recorded signer is
+    trusted and only ``min_signers`` counts. Otherwise a recorded signer counts only for the
+    groups that list a matching signer, exactly as ``safeload.verify`` counts them.
+    """
+    recorded = () if record is None else record.signers
+    if not recorded:
+        return TrustReview(trusted=False, counted=())
+    if not settings.signers:
+        counted = tuple(dict.fromkeys(s.description for s in recorded))
+        out = [] if len(counted) >= settings.min_signers else [_too_few(counted, settings)]
+        return TrustReview(trusted=True, counted=counted, shortfalls=tuple(out))
+    facts = _SignerFacts()
+
+    def count(signers: tuple[Any, ...]) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(r.description for r in recorded
+                                   if any(signer_matches(r, s, facts) for s in signers)))
+
+    counted = count(settings.signers)
+    shortfalls: list[TrustShortfall] = []
+    verified = ", ".join(dict.fromkeys(s.description for s in recorded))
+    for group in settings.groups:
+        if group.signers == settings.signers and group.min_signers <= settings.min_signers:
+            continue  # the flat rule: min_signers below says the same, and says it better
+        in_group = count(group.signers)
+        if len(in_group) < group.min_signers:
+            where = group.source or "the load policy"
+            shortfalls.append(TrustShortfall(
+                "trust.requirements", len(in_group), group.min_signers,
+                f"signer requirement from {where} not met: {len(in_group)} of its signer(s) "
+                f"verified this file, {group.min_signers} required (verified by: {verified})",
+            ))
+    if len(counted) < settings.min_signers:
+        shortfalls.append(_too_few(counted, settings, verified))
+    return TrustReview(trusted=bool(counted), counted=counted, shortfalls=tuple(shortfalls))
+
+
+def _too_few(counted: tuple[str, ...], settings: TrustSettings, verified: str = ""
+             ) -> TrustShortfall:
+    also = f" (verified by: {verified})" if verified else ""
+    return TrustShortfall(
+        "trust.min_signers", len(counted), settings.min_signers,
+        f"{len(counted)} distinct signer(s) trusted by the load policy verified this file, "
+        f"{settings.min_signers} required{also}",
     )

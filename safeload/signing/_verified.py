@@ -10,6 +10,11 @@ Loading hands that memory over instead of copying it (``take_buffer``): torch te
 writable, and a second private copy per load measured as expensive as the verification
 itself. Ownership moves exactly once; afterwards the file refuses to give out bytes, because
 the new owner may have written into them and they are no longer the verified bytes.
+
+Every file also links to the :class:`VerificationRecord` of the verification that produced
+it: which signers (as structured values, not display strings) verified which model digest.
+A load under a different policy re-evaluates that policy's trust requirements against the
+record, so a file verified under a lax policy is not "verified" under a stricter one.
 """
 
 from __future__ import annotations
@@ -18,12 +23,58 @@ import mmap
 import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from safeload.errors import UsageError
 from safeload.signing._manifest import Serialization
 
-__all__ = ["VerifiedFile", "VerifiedModel"]
+__all__ = ["VerificationRecord", "VerifiedFile", "VerifiedModel", "VerifiedSigner"]
+
+
+@dataclass(frozen=True, slots=True)
+class VerifiedSigner:
+    """One distinct signer whose signature verified, as the facts a policy can match on.
+
+    Descriptions are for people; matching on them would confuse a key's display hint with its
+    identity, or a certificate identity with the CA that vouched for it.
+    """
+
+    method: Literal["key", "certificate", "sigstore"]
+    description: str
+    """What ``VerifiedModel.signers`` shows (``key:sha256:...``, ``sigstore:who (issuer)``)."""
+    identity: str | None = None
+    """Sigstore: the SAN that matched; certificate: the identity reported for the leaf."""
+    issuer: str | None = None
+    """Sigstore: the OIDC issuer in the certificate."""
+    key_fingerprint: str | None = None
+    """Key: ``sha256:<hex>`` of the public key's SubjectPublicKeyInfo DER."""
+    anchor_fingerprint: str | None = None
+    """Certificate: ``sha256:<hex>`` of the trust anchor's DER the chain led to."""
+    leaf_identities: tuple[str, ...] = ()
+    """Certificate: every identity the leaf carries (SAN emails, URIs, DNS names, CNs)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"method": self.method, "description": self.description}
+        for key in ("identity", "issuer", "key_fingerprint", "anchor_fingerprint"):
+            value = getattr(self, key)
+            if value is not None:
+                out[key] = value
+        if self.leaf_identities:
+            out["leaf_identities"] = list(self.leaf_identities)
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class VerificationRecord:
+    """Who verified what: shared by a ``VerifiedModel`` and each of its files.
+
+    An empty ``signers`` means the bytes were checked against digests only (no signature):
+    such a file is never "verified by a trusted signer".
+    """
+
+    signers: tuple[VerifiedSigner, ...]
+    model_digest: str
+    """``sha256:<hex>``: the OMS subject digest."""
 
 
 class _Owned:
@@ -69,6 +120,17 @@ class VerifiedFile:
     owned: _Owned | None = field(default=None, repr=False, compare=False)
     """The writable private memory behind ``data`` (with unsafe_mmap: copy-on-write over the
     file), which ``take_buffer`` hands over."""
+    record: VerificationRecord | None = field(default=None, repr=False, compare=False)
+    """The verification this file came from; ``None`` (hand-built) counts as unverified."""
+
+    def review_trust(self, policy: Any) -> Any:
+        """Re-evaluate ``policy``'s signer requirements against this file's record.
+
+        Returns a ``safeload.signing._trust.TrustReview``; reads no bytes, hashes nothing.
+        """
+        from safeload.signing._trust import review_record, settings_from_policy
+
+        return review_record(self.record, settings_from_policy(policy))
 
     def buffer(self) -> memoryview:
         """The verified bytes (read-only). Loading from this is loading what was verified."""
@@ -112,6 +174,12 @@ class VerifiedModel:
     """Present files the verifier's (caller's or policy's) ignore_paths left out."""
     unsafe_mmap: bool = False
     """True if ``files`` map the files on disk instead of holding private copies."""
+    record: VerificationRecord | None = None
+    """The structured signers and model digest every file in ``files`` links to."""
+
+    @property
+    def verified_signers(self) -> tuple[VerifiedSigner, ...]:
+        return () if self.record is None else self.record.signers
 
     def __getitem__(self, name: str) -> VerifiedFile:
         return self.files[name]
@@ -128,6 +196,7 @@ class VerifiedModel:
             "root": self.root,
             "model_digest": self.model_digest,
             "signers": list(self.signers),
+            "verified_signers": [s.to_dict() for s in self.verified_signers],
             "serialization": self.serialization.to_json(),
             "files": {n: {"digest": f.digest, "size": f.size} for n, f in self.files.items()},
             "signer_ignored": list(self.signer_ignored),

@@ -33,12 +33,27 @@ from safeload.errors import (
     VerificationError,
 )
 from safeload.signing._bundle import MAX_BUNDLE_BYTES, ParsedBundle, parse_bundle
-from safeload.signing._certificate import load_certificates, verify_certificate
+from safeload.signing._certificate import (
+    certificate_identities,
+    load_certificates,
+    verify_certificate,
+)
 from safeload.signing._hashing import FileResult, Keep, Progress, hash_entries, shard_ranges
-from safeload.signing._key import load_public_key, verify_key
+from safeload.signing._key import key_hint, load_public_key, verify_key
 from safeload.signing._manifest import Manifest, parse_statement, split_shard_name
-from safeload.signing._trust import TrustSettings, settings_from_policy
-from safeload.signing._verified import VerifiedFile, VerifiedModel, _Owned
+from safeload.signing._trust import (
+    TrustSettings,
+    anchor_fingerprint,
+    settings_from_policy,
+    spki_fingerprint,
+)
+from safeload.signing._verified import (
+    VerificationRecord,
+    VerifiedFile,
+    VerifiedModel,
+    VerifiedSigner,
+    _Owned,
+)
 from safeload.source import (
     ModelEntry,
     list_model_files,
@@ -89,6 +104,12 @@ def _signers(settings: TrustSettings, method: str) -> list[Any]:
 def verify_signature_file(path: Path, settings: TrustSettings, *, offline: bool = True
                           ) -> tuple[str, Manifest]:
     """Check one signature file against the trusted signers: (signer, signed manifest)."""
+    signer, manifest = _verify_signature_file(path, settings, offline=offline)
+    return signer.description, manifest
+
+
+def _verify_signature_file(path: Path, settings: TrustSettings, *, offline: bool
+                           ) -> tuple[VerifiedSigner, Manifest]:
     try:
         bundle = parse_bundle(_read_signature(path))
         who, payload, compat = _verify_bundle(bundle, settings, offline=offline)
@@ -104,11 +125,15 @@ def verify_signature_file(path: Path, settings: TrustSettings, *, offline: bool 
 
 
 def _verify_bundle(bundle: ParsedBundle, settings: TrustSettings, *, offline: bool
-                   ) -> tuple[str, bytes, bool]:
+                   ) -> tuple[VerifiedSigner, bytes, bool]:
+    """Verify against the trusted signers and say who signed, as facts a policy can match."""
     if bundle.method == "key":
         keys = [load_public_key(s.public_key) for s in _signers(settings, "key")]
         who, compat = verify_key(bundle, keys)
-        return who, bundle.envelope.payload, compat
+        hint = who.removeprefix("key:sha256:")
+        key = next(k for k in keys if key_hint(k) == hint)
+        return (VerifiedSigner("key", who, key_fingerprint=spki_fingerprint(key)),
+                bundle.envelope.payload, compat)
     if bundle.method == "certificate":
         signers = _signers(settings, "certificate")
         if not signers:
@@ -116,15 +141,16 @@ def _verify_bundle(bundle: ParsedBundle, settings: TrustSettings, *, offline: bo
                                     rule="trust.signers")
         last: VerificationError | None = None
         for s in signers:
+            anchors = load_certificates(s.ca_chain)
+            identity = getattr(s, "identity", None)
             try:
-                who, compat = verify_certificate(
-                    bundle, anchors=load_certificates(s.ca_chain),
-                    identity=getattr(s, "identity", None), allow_ca_leaf=settings.allow_ca_leaf,
-                )
+                who, compat = verify_certificate(bundle, anchors=anchors, identity=identity,
+                                                 allow_ca_leaf=settings.allow_ca_leaf)
             except VerificationError as exc:
                 last = exc
                 continue
-            return who, bundle.envelope.payload, compat
+            return (_certificate_signer(bundle, who, anchors, identity, settings),
+                    bundle.envelope.payload, compat)
         assert last is not None
         raise last
     signers = _signers(settings, "sigstore")
@@ -137,7 +163,42 @@ def _verify_bundle(bundle: ParsedBundle, settings: TrustSettings, *, offline: bo
                                 rule="trust.signers") from None
     who, payload = verify_sigstore(bundle.raw, signers=signers,
                                    trust_config=settings.trust_config, offline=offline)
-    return str(who), bytes(payload), False
+    return _sigstore_signer(str(who)), bytes(payload), False
+
+
+def _sigstore_signer(who: str) -> VerifiedSigner:
+    """``sigstore:<san> (<issuer>)``, as ``_sigstore`` reports the SAN that matched."""
+    san, sep, issuer = who.removeprefix("sigstore:").rpartition(" (")
+    if not sep or not issuer.endswith(")"):
+        raise VerificationError("unexpected Sigstore signer description", rule="trust.signers",
+                                detail=who)
+    return VerifiedSigner("sigstore", who, identity=san, issuer=issuer[:-1])
+
+
+def _certificate_signer(bundle: ParsedBundle, who: str, anchors: Sequence[Any],
+                        identity: str | None, settings: TrustSettings) -> VerifiedSigner:
+    """Which anchor the chain led to: with several, each is tried alone (milliseconds)."""
+    from cryptography import x509
+
+    leaf = x509.load_der_x509_certificate(bundle.certificates[0])
+    anchor = anchors[0]
+    if len(anchors) > 1:
+        for candidate in anchors:
+            try:
+                verify_certificate(bundle, anchors=[candidate], identity=identity,
+                                   allow_ca_leaf=settings.allow_ca_leaf)
+            except VerificationError:
+                continue
+            anchor = candidate
+            break
+        else:  # pragma: no cover - the whole store verified, so one anchor alone must
+            raise VerificationError("cannot tell which trust anchor the chain leads to",
+                                    rule="certificate.chain")
+    return VerifiedSigner(
+        "certificate", who, identity=who.removeprefix("certificate:"),
+        anchor_fingerprint=anchor_fingerprint(anchor),
+        leaf_identities=tuple(certificate_identities(leaf)),
+    )
 
 
 def _resolve_root(path: str | os.PathLike[str], settings: TrustSettings) -> Path:
@@ -240,14 +301,17 @@ def verify(
     sig_paths = [Path(signature) if signature is not None else root / "model.sig"]
     sig_paths += [Path(s) for s in signatures]
 
-    verified: list[tuple[str, Manifest]] = [
-        verify_signature_file(p, settings, offline=offline) for p in sig_paths]
+    verified: list[tuple[VerifiedSigner, Manifest]] = [
+        _verify_signature_file(p, settings, offline=offline) for p in sig_paths]
     manifest = verified[0][1]
     for p, (_, other) in zip(sig_paths[1:], verified[1:], strict=True):
         if not _same(manifest, other):
             raise VerificationError("signatures disagree about the model's contents", path=str(p),
                                     rule="trust.min_signers")
-    who = tuple(dict.fromkeys(w for w, _ in verified))
+    distinct = {w.description: w for w, _ in reversed(verified)}  # first occurrence wins
+    who = tuple(dict.fromkeys(w.description for w, _ in verified))
+    record = VerificationRecord(signers=tuple(distinct[d] for d in who),
+                                model_digest="sha256:" + manifest.root_digest.hex())
     if len(who) < settings.min_signers:
         raise VerificationError(
             f"{len(who)} distinct trusted signer(s), policy requires {settings.min_signers}",
@@ -291,13 +355,13 @@ def verify(
                                 rule="oms.digest", detail="changed: " + ", ".join(files))
     verified_files = {
         name: VerifiedFile(name, fr.path, _file_digest(fr, manifest), fr.data, fr.size,
-                           None if fr.owner is None else _Owned(fr.owner))
+                           None if fr.owner is None else _Owned(fr.owner), record)
         for name, fr in sorted(results.items())}
     model = VerifiedModel(
         root=str(root), files=MappingProxyType(verified_files), signers=who,
-        model_digest="sha256:" + manifest.root_digest.hex(),
+        model_digest=record.model_digest,
         serialization=manifest.serialization, signer_ignored=tuple(signer_ignored),
-        verifier_ignored=tuple(verifier_ignored), unsafe_mmap=keep == "mmap",
+        verifier_ignored=tuple(verifier_ignored), unsafe_mmap=keep == "mmap", record=record,
     )
     _check_pins(model, settings, manifest)
     if signer_ignored:
