@@ -227,3 +227,40 @@ def test_certificate_anchor_and_identity_are_rechecked(tmp_path: Path) -> None:
     p2 = _policy(CertificateSigner(ca_chain=str(pki["root"]), identity="release@org.example"))
     vf = safeload.verify(root, policy=p1).files["model.pt"]
     assert torch.equal(safeload.load(vf, policy=p2)["w"], torch.ones(2))
+
+
+# --- Sigstore: exact identity or anchored regex, and the exact issuer ---------------------------
+def test_sigstore_identity_and_issuer_are_rechecked(
+    world: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from _sigstore_root import TEST_ISSUER, TestRoot, loopback_only
+
+    from safeload.policy import SigstoreSigner
+
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
+    bot = "release-bot@safeload.example"
+    with loopback_only(), TestRoot().serve(tmp_path) as run:
+        sig = safeload.sign(world["root"], method="sigstore",
+                            identity_token=run.root.token(email=bot),
+                            trust_config=run.trust_config, signature=tmp_path / "s.sig")
+
+        def policy(**signer: str) -> Policy:
+            return _policy(SigstoreSigner(**signer), trust_config=str(run.trust_config))
+
+        p1 = policy(identity=bot, issuer=TEST_ISSUER)
+        model = safeload.verify(world["root"], policy=p1, signature=sig)
+        (signer,) = model.verified_signers
+        assert (signer.method, signer.identity, signer.issuer) == ("sigstore", bot, TEST_ISSUER)
+
+        refused = {
+            "other identity": policy(identity="someone@safeload.example", issuer=TEST_ISSUER),
+            "other issuer": policy(identity=bot, issuer="https://issuer.invalid"),
+            "partial regex": policy(identity_regex="^release-bot$", issuer=TEST_ISSUER),
+        }
+        for why, p2 in refused.items():
+            vf = safeload.verify(world["root"], policy=p1, signature=sig).files["model.pt"]
+            assert _refusal(vf, p2).rule == "trust.min_signers", why
+        vf = safeload.verify(world["root"], policy=p1, signature=sig).files["model.pt"]
+        regex = policy(identity_regex=r"^release-bot@safeload\.example$", issuer=TEST_ISSUER)
+        _assert_state(safeload.load(vf, policy=regex), world["state"])

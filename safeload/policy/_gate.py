@@ -46,6 +46,7 @@ class PolicyGate:
     limits: Limits
     """The limits to give the reader: the policy's, lowered by the caller's."""
     verified: bool = False
+    """A verified file whose record holds at least one signer this policy trusts."""
     digest: str | None = None
     configured: bool = True
     """False when no policy was passed or found (the built-in default applies to limits only)."""
@@ -126,8 +127,9 @@ def policy_gate(
 ) -> PolicyGate:
     """Resolve the effective policy for one load (see ``effective_policy`` for discovery).
 
-    ``source`` is what the caller passed to load; a verified file (one with ``buffer()`` and a
-    ``digest`` from ``safeload.verify``) counts as verified. ``registered_globals`` is the
+    ``source`` is what the caller passed to load; a ``VerifiedFile`` from ``safeload.verify``
+    counts as verified only if its record holds a signer *this* policy trusts, and its record
+    is held to this policy's signer groups, ``min_signers`` and pins (``trust_findings``). ``registered_globals`` is the
     program's safe-globals registry; a policy naming a global the program never registered
     is refused here, before any bytes are read.
     """
