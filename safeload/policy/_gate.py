@@ -129,9 +129,9 @@ def policy_gate(
 
     ``source`` is what the caller passed to load; a ``VerifiedFile`` from ``safeload.verify``
     counts as verified only if its record holds a signer *this* policy trusts, and its record
-    is held to this policy's signer groups, ``min_signers`` and pins (``trust_findings``). ``registered_globals`` is the
-    program's safe-globals registry; a policy naming a global the program never registered
-    is refused here, before any bytes are read.
+    is held to this policy's signer groups, ``min_signers`` and pins (``trust_findings``).
+    ``registered_globals`` is the program's safe-globals registry; a policy naming a global
+    the program never registered is refused here, before any bytes are read.
     """
     effective = effective_policy(policy)
     configured = policy is not None or policy_files(effective) != (DEFAULT_SOURCE,)
