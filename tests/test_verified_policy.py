@@ -105,6 +105,10 @@ def test_other_signer_is_refused(world: dict[str, Any]) -> None:
     err = _refusal(vf, _policy(world["b"]))
     assert err.rule == "trust.min_signers"
     assert "0 distinct signer(s)" in str(err)
+    vf = _verified(world, _policy(world["a"]))
+    with pytest.raises(PolicyViolation) as info:  # the sandbox worker's path decides the same
+        safeload.load(vf, policy=_policy(world["b"]), sandbox=True)
+    assert info.value.rule == "trust.min_signers"
 
 
 def test_signer_trusted_at_verify_but_not_at_load_is_refused(world: dict[str, Any]) -> None:
