@@ -15,7 +15,12 @@ from safeload.signing._trust import (
     TrustSettings,
     make_signer,
 )
-from safeload.signing._verified import VerifiedFile, VerifiedModel
+from safeload.signing._verified import (
+    VerificationRecord,
+    VerifiedFile,
+    VerifiedModel,
+    VerifiedSigner,
+)
 from safeload.signing._verify import verify
 
 __all__ = [
@@ -26,8 +31,10 @@ __all__ = [
     "Serialization",
     "SigstoreSignerSpec",
     "TrustSettings",
+    "VerificationRecord",
     "VerifiedFile",
     "VerifiedModel",
+    "VerifiedSigner",
     "hash_model",
     "make_signer",
     "sign",
