@@ -319,3 +319,30 @@ def test_a_reference_into_an_empty_input_is_refused(memfd: int, tmp_path: Any) -
     finally:
         os.close(fd)
     assert info.value.rule == "sandbox.result"
+
+
+def test_prefetch_stops_when_told_and_decode_maps_the_rest(memfd: int, tmp_path: Any) -> None:
+    import threading
+
+    from safeload.sandbox._transport import InputMaps
+
+    data = np.arange(1 << 20, dtype=np.float32)  # 4 MiB
+    model = tmp_path / "model.bin"
+    model.write_bytes(data.tobytes())
+    fd = os.open(model, os.O_RDONLY)
+    try:
+        maps = InputMaps([fd])
+        stop = threading.Event()
+        stop.set()  # the worker already answered: nothing more is populated in the background
+        maps.prefetch(stop)
+        os.write(memfd, _safetensors({}, {"$ts": 0}, specs=[_view(storage="r0", shape=(1 << 20,))],
+                                     storages=[[0, 0, data.nbytes]]))  # fmt: skip
+        seal(memfd)
+        value, _, _ = decode_result(memfd, limits=LIMITS, framework="numpy", max_bytes=1 << 20,
+                                    inputs=(fd,), maps=maps)  # fmt: skip
+        assert np.array_equal(value, data)  # type: ignore[arg-type]
+        other = InputMaps([fd])
+        other.prefetch(threading.Event())  # not stopped: maps and populates every input
+        assert other.map(0)[:8] == data.tobytes()[:8]
+    finally:
+        os.close(fd)

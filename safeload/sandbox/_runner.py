@@ -572,9 +572,20 @@ def run_in_sandbox(
     first = str(paths[0]) if paths else None
     with _closing(input_fds):
         worker = _take_worker()
+        maps = _transport.InputMaps(input_fds)
+        stop = threading.Event()
+        prefetch = threading.Thread(target=maps.prefetch, args=(stop,), daemon=True,
+                                    name="safeload-sandbox-prefetch")  # fmt: skip
         try:
             worker.send(json.dumps(request).encode(), input_fds)
-            status, usage, timed_out = worker.wait(timeout)
+            if input_fds:  # map the inputs while the worker parses them (we only wait meanwhile)
+                prefetch.start()
+            try:
+                status, usage, timed_out = worker.wait(timeout)
+            finally:
+                stop.set()  # a refusal must not wait for a big file's pages; decode finishes
+                if prefetch.is_alive():
+                    prefetch.join()
             assert worker.log_fd is not None and worker.reply_fd is not None
             assert worker.result_fd is not None
             _raise_for_status(status, usage, timed_out, plan, _tail(worker.log_fd))
@@ -590,7 +601,7 @@ def run_in_sandbox(
             _transport.seal(worker.result_fd)
             value, tensors, meta = _transport.decode_result(
                 worker.result_fd, limits=limits, framework=framework, max_bytes=plan.file_size,
-                inputs=input_fds, name=paths[0].name if paths else "",
+                inputs=input_fds, name=paths[0].name if paths else "", maps=maps,
             )
         finally:
             worker.close()

@@ -23,12 +23,12 @@ from __future__ import annotations
 import base64
 import binascii
 import collections
-import contextlib
 import json
 import math
 import mmap
 import os
 import sys
+import threading
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
@@ -45,7 +45,7 @@ from safeload.policy import Limits
 if sys.platform != "win32":  # the sandbox is Linux-only; importing safeload is not
     import fcntl
 
-__all__ = ["decode_result", "encode_result", "seal"]
+__all__ = ["InputMaps", "decode_result", "encode_result", "seal"]
 
 _SKELETON_KEY = "safeload.skeleton"
 _META_KEY = "safeload.meta"
@@ -57,6 +57,7 @@ _ALLOWED_KEYS = _REQUIRED_KEYS | {_SPECS_KEY, _STORAGES_KEY}
 _KINDS = frozenset({"tensor", "parameter"})
 _ALIGN = 64
 _MADV_POPULATE_READ = 22  # linux/mman.h, Linux >= 5.14
+_POPULATE_STEP = 16 << 20  # prefetch steps: stopping waits for at most one
 
 _NAME_BY_NUMPY: dict[np.dtype[Any], str] = {}
 _ST_BY_TORCH = {torch: st for st, torch in SAFETENSORS_DTYPES.items()}
@@ -505,16 +506,24 @@ def _ints(value: object) -> bool:
     )
 
 
-class _InputMaps:
-    """Private, writable (copy-on-write) mappings of the input files the parent opened."""
+class InputMaps:
+    """Private, writable (copy-on-write) mappings of the input files the parent opened.
+
+    The worker reads every page of its input (CRCs), so after a successful job they sit in the
+    page cache and the parent maps them with ``MADV_POPULATE_READ`` (read-only population keeps
+    them shared: no copy-on-write; kernels before 5.14 say EINVAL and pages fault in lazily).
+    That page-table work costs tens of milliseconds per GiB, so :meth:`prefetch` does it on a
+    thread while the parent only waits for the worker, in small steps it can stop between.
+    """
 
     def __init__(self, fds: Sequence[int]) -> None:
         self._fds = fds
         self.count = len(fds)
         self._maps: dict[int, mmap.mmap] = {}
         self._storages: dict[int, Any] = {}
+        self._populated: dict[int, int] = {}  # input -> bytes from its start already populated
 
-    def map(self, index: int) -> mmap.mmap:
+    def _mapping(self, index: int) -> mmap.mmap:
         mm = self._maps.get(index)
         if mm is None:
             fd = self._fds[index]
@@ -523,12 +532,33 @@ class _InputMaps:
                 raise _protocol("a reference points into an empty input file")
             mm = mmap.mmap(fd, size, flags=mmap.MAP_PRIVATE,
                            prot=mmap.PROT_READ | mmap.PROT_WRITE)  # fmt: skip
-            # The worker already read every page (CRCs), so they sit in the page cache: map them
-            # in one call instead of one fault per page. Read-only population keeps them shared
-            # (no copy-on-write); kernels before 5.14 say EINVAL and pages fault in lazily.
-            with contextlib.suppress(OSError):
-                mm.madvise(_MADV_POPULATE_READ)
             self._maps[index] = mm
+        return mm
+
+    def _populate(self, index: int, mm: mmap.mmap, stop: threading.Event | None) -> None:
+        done = self._populated.get(index, 0)
+        try:
+            while done < len(mm):
+                if stop is not None and stop.is_set():
+                    break
+                step = min(_POPULATE_STEP, len(mm) - done) if stop is not None else len(mm) - done
+                mm.madvise(_MADV_POPULATE_READ, done, step)
+                done += step
+        except OSError:  # not supported: pages fault in on first use instead
+            done = len(mm)
+        self._populated[index] = done
+
+    def prefetch(self, stop: threading.Event) -> None:
+        """Map and populate every input until ``stop`` is set (run on a thread; never raises)."""
+        for index in range(self.count):
+            try:
+                self._populate(index, self._mapping(index), stop)
+            except (SandboxError, OSError, ValueError):
+                continue
+
+    def map(self, index: int) -> mmap.mmap:
+        mm = self._mapping(index)
+        self._populate(index, mm, None)
         return mm
 
     def storage(self, index: int) -> Any:
@@ -541,7 +571,7 @@ class _InputMaps:
         return storage
 
 
-def _file_tensors(raw: str, maps: _InputMaps, limits: Limits, framework: str) -> dict[str, Any]:
+def _file_tensors(raw: str, maps: InputMaps, limits: Limits, framework: str) -> dict[str, Any]:
     """Tensors the worker found inside an input file, rebuilt over the parent's own mapping.
 
     The worker only says *where* (input, byte offset, dtype, shape, strides); every reference
@@ -591,7 +621,7 @@ def _file_tensors(raw: str, maps: _InputMaps, limits: Limits, framework: str) ->
     return out
 
 
-def _storage_refs(raw: str | None, maps: _InputMaps, limits: Limits) -> dict[str, memoryview]:
+def _storage_refs(raw: str | None, maps: InputMaps, limits: Limits) -> dict[str, memoryview]:
     """Storages the worker found inside an input file, as slices of the parent's own mapping.
 
     ``[input, byte offset, byte size]`` each, bounds-checked against the file the parent opened:
@@ -644,11 +674,13 @@ def decode_result(
     max_bytes: int,
     inputs: Sequence[int] = (),
     name: str = "",
+    maps: InputMaps | None = None,
 ) -> tuple[object, dict[str, Any], dict[str, Any]]:
     """Validate and map a sealed result memfd: ``(value, tensors by name, task metadata)``.
 
     ``inputs`` are the parent's descriptors of the input files, for tensors and storages the
-    worker sent as references into them; ``name`` labels refusals like an in-process read.
+    worker sent as references into them (``maps``: the same, already mapped by
+    :meth:`InputMaps.prefetch`); ``name`` labels refusals like an in-process read.
     """
     size = os.fstat(fd).st_size
     if not 8 <= size <= max_bytes:
@@ -675,7 +707,7 @@ def decode_result(
         raise _protocol("tensor views are not a list or more than limits.max_tensors")
     if task_meta.get("arrays") == "numpy":  # NumPy files give NumPy arrays, as in-process
         framework = "numpy"
-    maps = _InputMaps(inputs)
+    maps = maps if maps is not None else InputMaps(inputs)
     tensors = _file_tensors(meta[_FILEREFS_KEY], maps, limits, framework)
     storages = _storage_refs(meta.get(_STORAGES_KEY), maps, limits)
     for tname, spec in parsed.specs.items():
