@@ -312,7 +312,7 @@ def render_inspect(info: safeload.ModelInfo, fmt: str, *, color: bool = False) -
         table.add_row(
             t.name,
             t.dtype,
-            "(" + ", ".join(str(d) for d in t.shape) + ")",
+            str(tuple(t.shape)),  # Python tuple spelling: (16,) for one dim, () for a scalar
             str(t.nbytes),
             "-" if t.offset is None else str(t.offset),
         )
