@@ -145,6 +145,11 @@ def echo_scheduler(ctx: TaskContext) -> Outcome:
     return os.sched_getscheduler(0), {}
 
 
+def echo_crash(ctx: TaskContext) -> Outcome:
+    """Die without a reply (and without DONE): the parent must rely on the exit status."""
+    os._exit(3)
+
+
 TASKS = {
     name: fn
     for name, fn in globals().items()

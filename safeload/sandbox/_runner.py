@@ -67,8 +67,9 @@ class SandboxResult:
     layers: tuple[LayerReport, ...]
     """One report per layer, in the order the worker applied them."""
     worker_max_rss: int
-    """The worker's peak resident set, in bytes, from ``wait4`` (not from the worker). It is at
-    least the *parent's* peak when the worker was spawned: ``posix_spawn`` shares the parent's
+    """The worker's peak resident set, in bytes, from ``wait4`` (not from the worker); 0 when
+    the worker said it was done and was let go without waiting for its exit. It is at least
+    the *parent's* peak when the worker was spawned: ``posix_spawn`` shares the parent's
     address space until ``exec`` and the kernel carries its peak over."""
     seconds: float
     """Wall time from spawn to a validated result."""
@@ -219,19 +220,44 @@ class _Worker:
                                detail=f"{len(request)} bytes, {len(fds)} inputs")  # fmt: skip
         try:
             socket.send_fds(self.sock, [request], list(fds))
+            self.sock.shutdown(socket.SHUT_WR)  # our side stays open to hear DONE
         except OSError as exc:
             # A worker that died before its job (a failed import) left a reply saying why;
             # waiting for it reports that instead of a broken pipe.
             _log.debug("sandbox worker did not take its job: %s", exc)
-        finally:
-            self.sock.close()
 
     def wait(self, timeout: float) -> tuple[int, Any, bool]:
-        """Wait until the deadline; then kill the worker's whole session. -> status, rusage."""
+        """Wait for DONE, the worker's exit, or the deadline. -> status, rusage, timed out.
+
+        DONE (after the reply is written) lets the parent go on while the kernel tears down
+        the worker's address space (tens of milliseconds for a big mapped input): the worker
+        is killed and reaped on a thread, and the status is reported as 0 with no rusage.
+        Nothing is lost by not waiting: the result memfd is sealed before it is read, so a
+        worker that lied about being done can no longer change it. Past the deadline the
+        whole session is killed.
+        """
         assert self.pidfd is not None
+        deadline = time.monotonic() + timeout
         poller = select.poll()
         poller.register(self.pidfd, select.POLLIN)
-        timed_out = not poller.poll(max(0, int(timeout * 1000)))
+        poller.register(self.sock, select.POLLIN)
+        exited = False
+        while not exited:
+            left = deadline - time.monotonic()
+            events = dict(poller.poll(max(0, int(left * 1000)))) if left > 0 else {}
+            if not events:
+                break
+            exited = self.pidfd in events
+            if not exited and self.sock.fileno() in events:
+                try:
+                    said = self.sock.recv(16)
+                except OSError:
+                    said = b""
+                if said == _worker.DONE:
+                    self._let_go()
+                    return 0, None, False
+                poller.unregister(self.sock)  # end of file or noise: wait for the exit
+        timed_out = not exited
         if timed_out:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.pid, signal.SIGKILL)
@@ -244,6 +270,18 @@ class _Worker:
                 detail="is SIGCHLD set to SIG_IGN in this process?",
             ) from exc
         return status, usage, timed_out
+
+    def _let_go(self) -> None:
+        """Kill a worker that has answered (it only had to exit) and reap it off our path."""
+        assert self.pidfd is not None
+        with contextlib.suppress(OSError):
+            signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
+
+        def reap(pid: int = self.pid) -> None:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)
+
+        threading.Thread(target=reap, name="safeload-sandbox-reap", daemon=True).start()
 
     def discard(self) -> None:
         """Let an unused spare go at once: it holds no input, so killing it loses nothing."""
@@ -588,7 +626,8 @@ def run_in_sandbox(
                     prefetch.join()
             assert worker.log_fd is not None and worker.reply_fd is not None
             assert worker.result_fd is not None
-            _raise_for_status(status, usage, timed_out, plan, _tail(worker.log_fd))
+            if usage is not None:  # None: the worker said DONE and is being let go
+                _raise_for_status(status, usage, timed_out, plan, _tail(worker.log_fd))
             reply = _parse_reply(worker.reply_fd, worker.log_fd)
             reports = tuple(LayerReport.from_dict(r) for r in reply["layers"])
             if reply.get("ok") is not True:
@@ -612,7 +651,7 @@ def run_in_sandbox(
         tensors=tensors,
         meta=meta,
         layers=reports,
-        worker_max_rss=int(usage.ru_maxrss) * 1024,
+        worker_max_rss=0 if usage is None else int(usage.ru_maxrss) * 1024,
         seconds=time.monotonic() - started,
         worker_memory=_memory_report(reply.get("memory")),
     )

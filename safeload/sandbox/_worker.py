@@ -69,6 +69,9 @@ TEST_TASKS_ENV = "SAFELOAD_SANDBOX_TEST_TASKS"
 PROTOCOL_VERSION = 2
 MAX_REQUEST = 1 << 16
 MAX_INPUTS = 256
+DONE = b"done"
+"""Written on the request socket after the reply: the parent may go on without our exit."""
+_KEEP: list[object] = []
 
 
 @dataclass
@@ -247,8 +250,11 @@ def _preload() -> None:
 
 def _read_request() -> dict[str, Any]:
     """Wait for the one request, and the input descriptors with it (SCM_RIGHTS)."""
-    with socket.socket(fileno=FD_REQUEST) as sock:
+    sock = socket.socket(fileno=FD_REQUEST)
+    try:
         raw, fds, _flags, _addr = socket.recv_fds(sock, MAX_REQUEST, MAX_INPUTS)
+    finally:
+        sock.detach()  # fd 0 stays open: the worker says DONE there when it has answered
     if not raw:  # the parent let a spare worker go without a job
         os._exit(0)
     request = json.loads(raw)
@@ -337,6 +343,9 @@ def _run(request: dict[str, Any], reports: list[_layers.LayerReport]) -> dict[st
     from safeload.sandbox._transport import encode_result
 
     encode_result(FD_RESULT, value, meta, ctx.regions(), ctx.storages)
+    # Unmapping a big input takes tens of milliseconds; keep it mapped so that happens at
+    # exit, after DONE, while the parent is already checking the result.
+    _KEEP.append((ctx, value))
     return {"ok": True, "memory": _memory(status_fd)}
 
 
@@ -366,6 +375,8 @@ def main() -> None:
     reply["layers"] = [r.to_dict() for r in reports]
     _write_reply(reply)
     sys.stderr.flush()
+    with contextlib.suppress(OSError):  # the parent need not wait for our address space to go
+        os.write(FD_REQUEST, DONE)
     os._exit(0)
 
 
