@@ -372,6 +372,8 @@ def _take_worker() -> _Worker:
     global _spare, _idle_spares
     with _spare_lock:
         worker, _spare = _spare, None
+        if _replenisher is not None:  # a spare due later would start during this job: not now
+            _replenisher.cancel()
     if worker is not None and not worker.usable():
         worker.discard()
         worker = None
@@ -382,13 +384,18 @@ def _take_worker() -> _Worker:
     return worker or _Worker()
 
 
+SPARE_DELAY = 1.0
+"""Seconds between a job's end and its spare's start: the caller's own work on the result
+(copying it into a model...) comes first. Back-to-back jobs would find the spare still
+importing anyway, so they lose little."""
+
+
 def _replenish() -> None:
-    """After a job: start the next spare while the caller uses this job's result.
+    """After a job: start the next spare soon, on a timer thread (off the caller's path).
 
-    Spawning (descriptors, ``posix_spawn``) takes a few milliseconds; a short-lived thread
-    keeps that off the caller's path. The lock bounds it to one spare however many jobs end.
+    The lock bounds it to one spare however many jobs end; a job that starts first cancels
+    the timer and schedules its own.
     """
-
     global _replenisher
 
     def start() -> None:
@@ -397,25 +404,32 @@ def _replenish() -> None:
             # caller's own work on the result it just got (it is woken for its job).
             _replenish_locked(idle=True)
 
-    _replenisher = threading.Thread(target=start, name="safeload-sandbox-spare", daemon=True)
-    _replenisher.start()
+    with _spare_lock:
+        if _replenisher is not None:
+            _replenisher.cancel()
+        _replenisher = threading.Timer(SPARE_DELAY, start)
+        _replenisher.name = "safeload-sandbox-spare"
+        _replenisher.daemon = True
+        _replenisher.start()
 
 
-_replenisher: threading.Thread | None = None
+_replenisher: threading.Timer | None = None
 
 
 def _settle() -> None:
-    """Wait until the spare started after the last job is spawned (tests, benchmarks)."""
-    thread = _replenisher
-    if thread is not None:
-        thread.join()
+    """Wait until the spare due after the last job is spawned (tests, benchmarks)."""
+    timer = _replenisher
+    if timer is not None:
+        timer.join()
 
 
 @atexit.register
 def _at_exit() -> None:
     global _keep_warm
     with _spare_lock:
-        _keep_warm = False  # a replenishing thread that has not run yet starts nothing
+        _keep_warm = False  # a replenishing timer that has not fired yet starts nothing
+        if _replenisher is not None:
+            _replenisher.cancel()
         _drop_locked()
 
 
