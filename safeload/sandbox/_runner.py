@@ -2,10 +2,11 @@
 
 The worker is a fresh ``python -I`` started with ``posix_spawn`` (no fork of the caller, so no
 inherited locks, threads, or secrets in memory) in its own session, so the deadline can kill
-the whole group. Its only inputs are descriptors: a request memfd, the already-open input
-files, and memfds for the log, the reply and the result. Everything that comes back is checked
-before use: the reply is bounded JSON whose error types come from a fixed list, and the result
-goes through :func:`safeload.sandbox._transport.decode_result`.
+the whole group. Its only inputs are descriptors: a socket carrying the request and the
+already-open input files, and memfds for the log, the reply and the result. Everything that
+comes back is checked before use: the reply is bounded JSON whose error types come from a fixed
+list, and the result goes through :func:`safeload.sandbox._transport.decode_result`. Each
+process keeps at most one spare worker (see :func:`prewarm`).
 """
 
 from __future__ import annotations

@@ -6,7 +6,8 @@ A new interpreter (spawn-style, not fork) inherits nothing from the caller but f
 fd    use
 ====  ==========================================================================
 0     a unix socket: one request (JSON: task, inputs, limits, layers) with the input
-      descriptors attached (SCM_RIGHTS); a spare worker waits here, fully imported
+      descriptors attached (SCM_RIGHTS); a spare worker waits here, fully imported;
+      the worker writes ``DONE`` here once its reply is written
 1, 2  log (a memfd; the parent shows its tail when something goes wrong)
 3     reply (a memfd: JSON with the layer reports and either ``ok`` or an error)
 4     result (a memfd: safetensors bytes, see :mod:`safeload.sandbox._transport`)
