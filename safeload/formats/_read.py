@@ -12,7 +12,8 @@ from __future__ import annotations
 import io
 import logging
 import pickletools  # opcode decoder only: lists names, never resolves them
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -205,6 +206,32 @@ def _refuse_unsupported(det: Detection, name: str) -> None:
         )
 
 
+@contextmanager
+def _fail_closed(name: str, headline: str) -> Iterator[None]:
+    """Turn any slip of a reader over hostile bytes into a refusal, never a traceback.
+
+    The attacker controls every byte these readers see, so an unexpected exception is a reason
+    to refuse the file, not a crash: running out of memory or stack is a limit, anything else is
+    a malformed file. ``SafeloadError`` passes through untouched.
+    """
+    try:
+        yield
+    except SafeloadError:
+        raise
+    except (MemoryError, RecursionError) as exc:
+        raise LimitExceededError(
+            "file too complex to read", path=name or None, rule="limits.reader", detail=repr(exc)
+        ) from exc
+    except Exception as exc:
+        logger.debug("reader failed on %s", name, exc_info=True)
+        raise FormatError(
+            headline,
+            path=name or None,
+            rule="formats.malformed",
+            detail=f"{type(exc).__name__}: {exc}"[:300],
+        ) from exc
+
+
 def _parse(
     data: bytes | bytearray | memoryview,
     *,
@@ -217,7 +244,7 @@ def _parse(
     safe_globals: Mapping[str, SafeGlobal] | None = None,
 ) -> _Parsed:
     """Fail closed: any slip in a reader on hostile bytes is a refusal, never a traceback."""
-    try:
+    with _fail_closed(name, "malformed file"):
         run = _runner(limits, collect, segments, safe_globals)
         nested = NestedStorages(run=run, limits=limits, name=name)
         with nested_scope(nested):
@@ -230,20 +257,6 @@ def _parse(
         storages = {**parsed.storages, **nested.storages}
         sizes = {**parsed.sizes, **{k: len(v) for k, v in nested.storages.items()}}
         return replace(parsed, storages=storages, sizes=sizes)
-    except SafeloadError:
-        raise
-    except (MemoryError, RecursionError) as exc:
-        raise LimitExceededError(
-            "file too complex to read", path=name or None, rule="limits.reader", detail=repr(exc)
-        ) from exc
-    except Exception as exc:  # the attacker controls every byte: refuse, do not crash
-        logger.debug("reader failed on %s", name, exc_info=True)
-        raise FormatError(
-            "malformed file",
-            path=name or None,
-            rule="formats.malformed",
-            detail=f"{type(exc).__name__}: {exc}"[:300],
-        ) from exc
 
 
 def _parse_unguarded(
@@ -379,23 +392,9 @@ def analyze(
         return Analysis(parsed.format, table, (), parsed.wrappers)
     table = _table(parsed, limits, name)
     names: set[str] = set()
-    try:
+    with _fail_closed(name, "malformed pickle"):  # a second decoder over hostile bytes
         for segment in segments:
             names |= _globals_in(segment)
-    except SafeloadError:
-        raise
-    except (MemoryError, RecursionError) as exc:
-        raise LimitExceededError(
-            "file too complex to read", path=name or None, rule="limits.reader", detail=repr(exc)
-        ) from exc
-    except Exception as exc:  # a second decoder over hostile bytes: its slips refuse too
-        logger.debug("listing globals of %s failed", name, exc_info=True)
-        raise FormatError(
-            "malformed pickle",
-            path=name or None,
-            rule="formats.malformed",
-            detail=f"{type(exc).__name__}: {exc}"[:300],
-        ) from exc
     return Analysis(parsed.format, table, tuple(sorted(names)), parsed.wrappers)
 
 
