@@ -40,6 +40,7 @@ _FORCE_ENV = "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"
 _CPU_NAMES = frozenset({"cpu"})
 _PIPELINE_MIN = 16 << 20
 _CHUNK = 8 << 20
+_READERS = max(1, min(4, os.cpu_count() or 1))
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,32 +113,28 @@ def _read_fd(
                 "cannot map file", path=name, rule="source.read", detail=str(exc)
             ) from None
         return memoryview(mm), {}
-    # Private anonymous pages that the one read fills. MAP_POPULATE has the kernel map them all
-    # in one go instead of taking a page fault per 4 KiB during the copy, which is most of the
-    # cost of reading a large file that is already in the page cache.
+    # Private anonymous pages that the read fills. Their page faults (one per 4 KiB) cost more
+    # than the copy itself, so small files are read in one go, and large ones in chunks on one
+    # thread per core: the kernel takes faults on different pages of one mapping in parallel.
     buf = _mmap.mmap(
-        -1,
-        size,
-        flags=_mmap.MAP_PRIVATE | _mmap.MAP_ANONYMOUS | getattr(_mmap, "MAP_POPULATE", 0),
+        -1, size, flags=_mmap.MAP_PRIVATE | _mmap.MAP_ANONYMOUS,
         prot=_mmap.PROT_READ | _mmap.PROT_WRITE,
-    )
+    )  # fmt: skip
     view = memoryview(buf)
-    entries = (
-        central_entries(lambda off, n: os.pread(fd, n, off), size) if size >= _PIPELINE_MIN else []
-    )
-    if not entries:
+    if size < _PIPELINE_MIN:
         _fill(fd, view, 0, size, name)
         return view, {}
-    crc = StreamingCrc(view, entries)
-    with ThreadPoolExecutor(max_workers=1) as worker:
-        pending = []
-        for start in range(0, size, _CHUNK):
-            end = min(size, start + _CHUNK)
-            _fill(fd, view, start, end, name)
-            pending.append(worker.submit(crc.feed, end))
-        for job in pending:
+    entries = central_entries(lambda off, n: os.pread(fd, n, off), size)
+    crc = StreamingCrc(view, entries) if entries else None
+    with ThreadPoolExecutor(max_workers=_READERS) as readers:
+        chunks = [(start, min(size, start + _CHUNK)) for start in range(0, size, _CHUNK)]
+        pending = [readers.submit(_fill, fd, view, start, end, name) for start, end in chunks]
+        # CRCs fold in file order on this thread while the readers run ahead of it.
+        for (_, end), job in zip(chunks, pending, strict=True):
             job.result()
-    return view, crc.result()
+            if crc is not None:
+                crc.feed(end)
+    return view, ({} if crc is None else crc.result())
 
 
 def _fill(fd: int, view: memoryview, start: int, end: int, name: str) -> None:
