@@ -610,3 +610,38 @@ def test_tensor_state_cannot_smuggle_quantizer_parameters() -> None:
     with pytest.raises(UnsafeModelError) as info:
         read(torch_bytes({"t": t}))
     assert info.value.rule == "pickle.build"
+
+
+def test_chunked_crc_matches_zlib_for_every_member_whatever_the_chunking() -> None:
+    """The reader threads' per-chunk CRCs, combined, equal one CRC over each member's range,
+    including members that span many chunks, empty members and overlapping (hostile) ranges."""
+    import random
+    import zlib
+
+    from safeload.formats._zip import ChunkedCrc
+
+    rng = random.Random(7)
+    buf = memoryview(bytes(rng.getrandbits(8) for _ in range(200_000)))
+    ranges = [(0, 0), (10, 1), (100, 150_000), (5_000, 70_000), (150_100, 49_900), (199_999, 1)]
+    for chunk in (1, 7, 4096, 65_536, 200_000):
+        crc = ChunkedCrc(ranges)
+        starts = list(range(0, len(buf), chunk))
+        random.Random(chunk).shuffle(starts)  # threads finish in any order
+        for start in starts:
+            crc.feed(buf, start, min(len(buf), start + chunk))
+        got = crc.result()
+        assert got == {(s, n): zlib.crc32(buf[s : s + n]) for s, n in ranges}, chunk
+
+
+def test_chunked_crc_leaves_a_member_with_a_gap_to_the_archive() -> None:
+    import zlib
+
+    from safeload.formats._zip import ChunkedCrc
+
+    buf = memoryview(bytes(range(256)) * 64)
+    crc = ChunkedCrc([(0, 1000)])
+    crc.feed(buf, 0, 400)
+    crc.feed(buf, 600, 1000)  # bytes 400..600 never folded
+    assert crc.result() == {}
+    crc.feed(buf, 400, 600)
+    assert crc.result() == {(0, 1000): zlib.crc32(buf[:1000])}

@@ -12,6 +12,7 @@ zero-copy slices of the caller's buffer, CRC-checked the first time they are rea
 
 from __future__ import annotations
 
+import bisect
 import struct
 import zlib
 from collections.abc import Callable, Mapping
@@ -22,7 +23,7 @@ from typing import Any
 from safeload.errors import FormatError, LimitExceededError, UnsupportedFormatError
 from safeload.policy import Limits
 
-__all__ = ["StreamingCrc", "ZipArchive", "ZipMember", "central_entries", "is_zip"]
+__all__ = ["ChunkedCrc", "StreamingCrc", "ZipArchive", "ZipMember", "central_entries", "is_zip"]
 
 _LOCAL = b"PK\x03\x04"
 _CENTRAL = b"PK\x01\x02"
@@ -38,6 +39,12 @@ try:  # ISA-L's CRC-32 is 5-10x zlib's; same polynomial, same results
     from isal.isal_zlib import crc32 as _crc32
 except ImportError:  # pragma: no cover - isal is a dependency, zlib the fallback
     from zlib import crc32 as _crc32
+
+_crc32_combine: Callable[[int, int, int], int] | None
+try:  # joins CRCs of consecutive parts, so reader threads can each CRC their own chunk
+    from isal.isal_zlib import crc32_combine as _crc32_combine
+except ImportError:  # pragma: no cover
+    _crc32_combine = None
 _PARALLEL_MIN = 1 << 20
 _CRC_THREADS = 2
 
@@ -545,3 +552,66 @@ class StreamingCrc:
 
     def result(self) -> dict[tuple[int, int], int]:
         return dict(self._done)
+
+
+class ChunkedCrc:
+    """CRC-32 of each stored member's data, computed by the threads that fill the buffer.
+
+    The data ranges come from the local headers, read before the fill starts, so each reader
+    thread folds the parts of its own chunk while they are still in its cache, in parallel;
+    ``result`` combines the parts in file order (``crc32_combine``). The ranges are only hints
+    from bytes the attacker wrote: ``ZipArchive`` accepts a CRC only for a member whose validated
+    data range is exactly the same range, and it must still equal the directory's CRC.
+    """
+
+    def __init__(self, ranges: list[tuple[int, int]]) -> None:
+        self._ranges = sorted(set(ranges))
+        self._starts = [start for start, _ in self._ranges]
+        self._parts: dict[tuple[int, int], list[tuple[int, int, int]]] = {
+            r: [] for r in self._ranges
+        }
+
+    @classmethod
+    def from_entries(
+        cls, pread: Callable[[int, int], bytes], entries: list[tuple[int, int]]
+    ) -> ChunkedCrc | None:
+        """None where the combine step is unavailable (then use :class:`StreamingCrc`)."""
+        if _crc32_combine is None:  # pragma: no cover - isal is a dependency
+            return None
+        ranges = []
+        for loff, csize in entries:
+            head = pread(loff, 30)
+            if len(head) < 30 or head[:4] != _LOCAL:
+                continue  # not a member ZipArchive will accept; it refuses the file itself
+            nlen, elen = struct.unpack_from("<2H", head, 26)
+            ranges.append((loff + 30 + nlen + elen, csize))
+        return cls(ranges)
+
+    def feed(self, buf: memoryview, start: int, end: int) -> None:
+        """Fold bytes ``[start, end)`` (final in ``buf``) into every member range they touch."""
+        # Ranges may overlap (hostile archives); start from the first that can reach `start`.
+        i = max(0, bisect.bisect_right(self._starts, start) - 1)
+        while i > 0 and self._ranges[i - 1][0] + self._ranges[i - 1][1] > start:
+            i -= 1
+        for rng in self._ranges[i:]:
+            lo_r, size = rng
+            if lo_r >= end:
+                break
+            lo, hi = max(lo_r, start), min(lo_r + size, end)
+            if hi > lo:
+                self._parts[rng].append((lo, _crc32(buf[lo:hi]) & _U32, hi - lo))
+
+    def result(self) -> dict[tuple[int, int], int]:
+        assert _crc32_combine is not None
+        done: dict[tuple[int, int], int] = {}
+        for (lo_r, size), parts in self._parts.items():
+            parts.sort()
+            crc, pos = 0, lo_r
+            for lo, part, n in parts:
+                if lo != pos:
+                    break  # a gap: leave this member to ZipArchive's own CRC pass
+                crc = _crc32_combine(crc, part, n) & _U32
+                pos += n
+            if pos == lo_r + size:
+                done[(lo_r, size)] = crc
+        return done

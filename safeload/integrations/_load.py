@@ -26,7 +26,7 @@ from safeload.errors import PolicyViolation, SafeloadError, SandboxError, Source
 from safeload.formats._detect import Format
 from safeload.formats._read import ReadResult, TensorInfo, analyze, read, unsafe_globals
 from safeload.formats._safe_globals import SafeGlobal
-from safeload.formats._zip import StreamingCrc, central_entries
+from safeload.formats._zip import ChunkedCrc, StreamingCrc, central_entries
 from safeload.policy import Limits, Policy
 
 if TYPE_CHECKING:
@@ -124,17 +124,28 @@ def _read_fd(
     if size < _PIPELINE_MIN:
         _fill(fd, view, 0, size, name)
         return view, {}
-    entries = central_entries(lambda off, n: os.pread(fd, n, off), size)
-    crc = StreamingCrc(view, entries) if entries else None
+    def pread(off: int, n: int) -> bytes:
+        return os.pread(fd, n, off)
+
+    entries = central_entries(pread, size)
+    chunked = ChunkedCrc.from_entries(pread, entries) if entries else None
+    streaming = StreamingCrc(view, entries) if entries and chunked is None else None
+
+    def fill_and_fold(start: int, end: int) -> None:
+        _fill(fd, view, start, end, name)
+        if chunked is not None:
+            chunked.feed(view, start, end)  # while the chunk is still in this core's cache
+
     with ThreadPoolExecutor(max_workers=_READERS) as readers:
         chunks = [(start, min(size, start + _CHUNK)) for start in range(0, size, _CHUNK)]
-        pending = [readers.submit(_fill, fd, view, start, end, name) for start, end in chunks]
-        # CRCs fold in file order on this thread while the readers run ahead of it.
+        pending = [readers.submit(fill_and_fold, start, end) for start, end in chunks]
         for (_, end), job in zip(chunks, pending, strict=True):
             job.result()
-            if crc is not None:
-                crc.feed(end)
-    return view, ({} if crc is None else crc.result())
+            if streaming is not None:
+                streaming.feed(end)  # without crc32_combine: in file order, on this thread
+    if chunked is not None:
+        return view, chunked.result()
+    return view, ({} if streaming is None else streaming.result())
 
 
 def _fill(fd: int, view: memoryview, start: int, end: int, name: str) -> None:
