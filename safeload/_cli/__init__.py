@@ -9,6 +9,7 @@ Every :class:`~safeload.errors.SafeloadError` becomes a diagnostic on stderr and
 from __future__ import annotations
 
 import importlib
+import logging
 import sys
 from typing import Any
 
@@ -63,6 +64,10 @@ class _LazyGroup(click.Group):
 @click.version_option(package_name="safeload")
 def cli() -> None:
     """safeload: verified, data-only loading of ML model files."""
+    # The CLI, not the library, decides where log lines go. sigstore warns on every offline
+    # verification that its trust root will not be refreshed: expected, since --offline asked
+    # for exactly that, so only its errors reach the terminal.
+    logging.getLogger("sigstore").setLevel(logging.ERROR)
 
 
 def main(argv: list[str] | None = None) -> int:
