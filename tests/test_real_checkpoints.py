@@ -58,6 +58,8 @@ def _zip_only_dtypes() -> dict[str, Any]:
     x = torch.randn(4, 5)
     return {
         "f8e4": x.to(torch.float8_e4m3fn), "f8e5": x.to(torch.float8_e5m2),
+        "f8e4fnuz": x.to(torch.float8_e4m3fnuz), "f8e5fnuz": x.to(torch.float8_e5m2fnuz),
+        "f8e8m0": x.abs().to(torch.float8_e8m0fnu),
         "u16": (x.abs() * 10).to(torch.uint16), "u32": (x.abs() * 10).to(torch.uint32),
         "u64": (x.abs() * 10).to(torch.uint64),
     }  # fmt: skip

@@ -27,6 +27,7 @@ from safeload.errors import (
     UnsafeModelError,
     UnsupportedFormatError,
 )
+from safeload.formats._dtypes import DTYPES
 from safeload.formats._nested import read_nested_storage
 from safeload.formats._types import (
     StorageRef,
@@ -165,30 +166,13 @@ def check_plain(value: object, ctx: Ctx, what: str) -> None:
 
 _INT64 = 1 << 63
 
+# Quantized element types: only ever the storage of ``_rebuild_qtensor`` (their integer
+# representation is read; scale and zero point travel in the spec's ``extra``).
+_QUANTIZED = ("qint8", "quint8", "qint32")
 # torch dtype name -> element size in bytes; only element types a reader can lay out in memory.
-ITEMSIZE: dict[str, int] = {
-    "float64": 8,
-    "float32": 4,
-    "float16": 2,
-    "bfloat16": 2,
-    "float8_e4m3fn": 1,
-    "float8_e5m2": 1,
-    "float8_e4m3fnuz": 1,
-    "float8_e5m2fnuz": 1,
-    "float8_e8m0fnu": 1,
-    "complex128": 16,
-    "complex64": 8,
-    "complex32": 4,
-    "int64": 8,
-    "int32": 4,
-    "int16": 2,
-    "int8": 1,
-    "uint64": 8,
-    "uint32": 4,
-    "uint16": 2,
-    "uint8": 1,
-    "bool": 1,
-}
+# Derived from the one dtype table the materialiser uses, so the two can never disagree.
+ITEMSIZE: dict[str, int] = {n: d.itemsize for n, d in DTYPES.items() if n not in _QUANTIZED}
+QUANTIZED_ITEMSIZE: dict[str, int] = {n: DTYPES[n].itemsize for n in _QUANTIZED}
 
 _STORAGE_CLASSES = {
     "DoubleStorage": "float64",
@@ -205,9 +189,6 @@ _STORAGE_CLASSES = {
     "ComplexFloatStorage": "complex64",
 }
 
-# Quantized element types: only ever the storage of ``_rebuild_qtensor`` (their integer
-# representation is read; scale and zero point travel in the spec's ``extra``).
-QUANTIZED_ITEMSIZE: dict[str, int] = {"qint8": 1, "quint8": 1, "qint32": 4}
 _QSTORAGE_CLASSES = {"QInt8Storage": "qint8", "QUInt8Storage": "quint8", "QInt32Storage": "qint32"}
 _QSCHEMES = ("per_tensor_affine", "per_channel_affine", "per_channel_affine_float_qparams")
 

@@ -52,6 +52,7 @@ DTYPES: dict[str, DType] = {
         DType("float8_e5m2", 1, _np(ml_dtypes.float8_e5m2)),
         DType("float8_e4m3fnuz", 1, _np(ml_dtypes.float8_e4m3fnuz)),
         DType("float8_e5m2fnuz", 1, _np(ml_dtypes.float8_e5m2fnuz)),
+        DType("float8_e8m0fnu", 1, _np(ml_dtypes.float8_e8m0fnu)),
         DType("complex128", 16, _np(np.complex128)),
         DType("complex64", 8, _np(np.complex64)),
         DType("complex32", 4, None),
