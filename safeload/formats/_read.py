@@ -424,18 +424,9 @@ def read(
     parsed = _parse(
         data, name=name, limits=limits, known_crcs=known_crcs, safe_globals=safe_globals
     )
-    try:
+    with _fail_closed(name, "tensors could not be built from this file"):
+        # every view was checked; anything else going wrong is still a refusal
         return _build(parsed, limits=limits, name=name, framework=framework)
-    except SafeloadError:
-        raise
-    except Exception as exc:  # every view was checked; anything else is still a refusal
-        logger.debug("materialising %s failed", name, exc_info=True)
-        raise FormatError(
-            "tensors could not be built from this file",
-            path=name or None,
-            rule="formats.malformed",
-            detail=f"{type(exc).__name__}: {exc}"[:300],
-        ) from exc
 
 
 def _build(parsed: _Parsed, *, limits: Limits, name: str, framework: Framework) -> ReadResult:

@@ -45,7 +45,7 @@ from typing import Any
 
 import numpy as np
 
-from safeload.errors import FormatError, LimitExceededError, SafeloadError, SandboxError
+from safeload.errors import LimitExceededError, SafeloadError, SandboxError
 from safeload.policy import Limits
 from safeload.sandbox import _layers
 from safeload.sandbox._rlimits import RlimitPlan
@@ -151,14 +151,8 @@ def _task_read(ctx: TaskContext) -> TaskResult:
     meta: dict[str, Any] = {"format": fmt}
     if fmt in ("numpy", "npz"):
         meta["arrays"] = "numpy"  # NumPy files give NumPy arrays whatever the framework
-        try:
+        with _read._fail_closed(name, "tensors could not be built from this file"):
             return _read._build(parsed, limits=limits, name=name, framework="numpy").value, meta
-        except SafeloadError:
-            raise
-        except Exception as exc:  # as formats.read: a slip building arrays is still a refusal
-            raise FormatError("tensors could not be built from this file", path=name or None,
-                              rule="formats.malformed",
-                              detail=f"{type(exc).__name__}: {exc}"[:300]) from exc  # fmt: skip
     _read._table(parsed, limits, name)  # refuses bad views and too many tensors, as read does
     ctx.storages = parsed.storages
     return parsed.value, meta
