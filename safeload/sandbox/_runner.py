@@ -574,6 +574,7 @@ def run_in_sandbox(
     cpu_seconds: int | None = None,
     max_output_bytes: int | None = None,
     unsafe_skip_layers: Collection[str] = (),
+    preload: Sequence[str] = (),
 ) -> SandboxResult:
     """Run registered ``task`` on ``inputs`` in a fresh, confined worker; validate what returns.
 
@@ -581,8 +582,10 @@ def run_in_sandbox(
     ``sandbox.required_layers``) must all be applied or this raises ``SandboxError`` with
     ``rule="sandbox.required_layers"`` before any input byte is parsed. ``memory_bytes``,
     ``cpu_seconds`` and ``max_output_bytes`` override the worker's rlimits (defaults scale with
-    the input size). ``unsafe_skip_layers`` exists for tests of the layers themselves: it is
-    logged to the ``safeload.audit`` logger every time it is used.
+    the input size). ``preload`` names modules the worker imports before its first layer (a task
+    that needs torch, say): the caller's choice, never a model file's. ``unsafe_skip_layers``
+    exists for tests of the layers themselves: it is logged to the ``safeload.audit`` logger
+    every time it is used.
     """
     started = time.monotonic()
     if sys.platform != "linux":
@@ -621,6 +624,7 @@ def run_in_sandbox(
         "required_layers": sorted(required),
         "skip_layers": sorted(skip),
         "params": dict(params or {}),
+        "preload": [str(name) for name in preload],
     }
     first = str(paths[0]) if paths else None
     with _closing(input_fds):

@@ -243,6 +243,25 @@ def _preload() -> None:
         TASKS.update(module.TASKS)
 
 
+def _import_extra(names: object) -> None:
+    """Modules the *caller* named for its task (``run_in_sandbox(preload=...)``), imported
+    before any layer: after Landlock and seccomp their files could not be read.
+
+    Only the parent's request names them; a model file cannot reach this list.
+    """
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise SandboxError("bad preload list from parent", rule="sandbox.protocol")
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except Exception as exc:  # any failure to import is the caller's error
+            raise SandboxError(
+                f"the sandbox worker cannot import {name!r}",
+                rule="sandbox.preload",
+                detail=f"{type(exc).__name__}: {exc}"[:300],
+            ) from exc
+
+
 def _read_request() -> dict[str, Any]:
     """Wait for the one request, and the input descriptors with it (SCM_RIGHTS)."""
     sock = socket.socket(fileno=FD_REQUEST)
@@ -322,6 +341,7 @@ def _run(request: dict[str, Any], reports: list[_layers.LayerReport]) -> dict[st
         else:
             reports.append(apply())
 
+    _import_extra(request.get("preload", []))
     plan = RlimitPlan(**request["rlimits"])
     layer("rlimits", lambda: _layers.apply_rlimits(plan, required))
     layer("no_new_privs", lambda: _layers.apply_no_new_privs(required))
