@@ -13,6 +13,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from safeload.errors import (
+    ConversionError,
     FormatError,
     LimitExceededError,
     PolicyError,
@@ -31,6 +32,7 @@ from safeload.errors import (
 # (no pydantic, numpy, cryptography or sigstore until needed) and the sandbox worker imports only
 # what it runs. The TYPE_CHECKING block gives type checkers and IDEs the real names.
 if TYPE_CHECKING:
+    from safeload.convert import ConversionReport, to_safetensors
     from safeload.formats._safe_globals import (
         add_safe_globals,
         clear_safe_globals,
@@ -54,6 +56,7 @@ if TYPE_CHECKING:
     from safeload.signing import VerifiedFile, VerifiedModel, hash_model, sign, verify
 
 _LAZY: dict[str, tuple[str, str]] = {
+    "ConversionReport": ("safeload.convert", "ConversionReport"),
     "DoctorReport": ("safeload.sandbox", "DoctorReport"),
     "FileResult": ("safeload.integrations._scan", "FileResult"),
     "LayerReport": ("safeload.sandbox", "LayerReport"),
@@ -85,6 +88,7 @@ _LAZY: dict[str, tuple[str, str]] = {
     "sandboxed_read": ("safeload.sandbox", "sandboxed_read"),
     "scan": ("safeload.integrations._scan", "scan"),
     "sign": ("safeload.signing", "sign"),
+    "to_safetensors": ("safeload.convert", "to_safetensors"),
     "unpatch": ("safeload.integrations._patch", "unpatch"),
     "verify": ("safeload.signing", "verify"),
 }
@@ -110,6 +114,8 @@ logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 __all__ = [
     "SANDBOX_LAYERS",
+    "ConversionError",
+    "ConversionReport",
     "DoctorReport",
     "FileResult",
     "FormatError",
@@ -153,6 +159,7 @@ __all__ = [
     "sandboxed_read",
     "scan",
     "sign",
+    "to_safetensors",
     "unpatch",
     "verify",
 ]

@@ -13,6 +13,7 @@ human paragraph with :meth:`SafeloadError.diagnostics`.
     +-- SourceError               a path is missing, escapes its model folder, or is a bad link
     +-- PolicyError               a policy file is malformed, or a child policy loosens its parent
     +-- SandboxError              the worker could not be started or a mandatory layer is missing
+    +-- ConversionError           a model that was read cannot be written or checked as the target
     +-- RefusedError              the *model* was refused; exit code 1
         +-- FormatError           bytes are malformed, truncated, or not what they claim to be
         |   +-- UnsupportedFormatError   a known format safeload will not read (by name)
@@ -29,6 +30,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 __all__ = [
+    "ConversionError",
     "FormatError",
     "LimitExceededError",
     "PolicyError",
@@ -140,6 +142,15 @@ class SandboxError(SafeloadError):
 
     code = "SL600"
     stage = "sandbox"
+
+
+class ConversionError(SafeloadError):
+    """A conversion could not produce a checked output (a value with no safetensors form, an
+    output that exists, a read-back that differs). The input was read fine, so this is an
+    error of the conversion, not a verdict on the model; no output file is left behind."""
+
+    code = "SL800"
+    stage = "convert"
 
 
 class RefusedError(SafeloadError):
