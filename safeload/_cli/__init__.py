@@ -27,6 +27,7 @@ _COMMANDS: dict[str, tuple[str, str]] = {
     "sign": ("safeload._cli._sign:sign", "Sign a model folder (OMS format)."),
     "verify": ("safeload._cli._verify:verify", "Verify a model folder's signature."),
     "doctor": ("safeload._cli._doctor:doctor", "Report which sandbox layers this machine has."),
+    "convert": ("safeload._cli._convert:convert", "Convert a checkpoint to checked safetensors."),
 }
 
 
