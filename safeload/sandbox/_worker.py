@@ -134,6 +134,16 @@ def _task_safetensors(ctx: TaskContext) -> TaskResult:
     return out, {"format": "safetensors", "metadata": meta}
 
 
+def _task_export_onnx(ctx: TaskContext) -> TaskResult:
+    """ONNX export (:mod:`safeload.sandbox._export_task`, which imports torch): the parent
+    preloads that module, so this is a ``sys.modules`` hit, never an import under Landlock."""
+    module = sys.modules.get("safeload.sandbox._export_task")
+    if module is None:
+        raise SandboxError("the export task was not preloaded", rule="sandbox.preload")
+    result: TaskResult = module.task_export_onnx(ctx)
+    return result
+
+
 def _task_read(ctx: TaskContext) -> TaskResult:
     """``safeload.formats.read`` up to, not including, building tensors.
 
@@ -159,6 +169,7 @@ def _task_read(ctx: TaskContext) -> TaskResult:
 
 
 TASKS: dict[str, Task] = {
+    "export_onnx": _task_export_onnx,
     "probe": _task_probe,
     "read": _task_read,
     "safetensors": _task_safetensors,
