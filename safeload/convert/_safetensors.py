@@ -384,6 +384,13 @@ def _prepare(flat: _Flat, framework: str) -> tuple[dict[str, Any], dict[str, str
     written: dict[str, Any] = {}
     made_contiguous = []
     for key, tensor in flat.tensors.items():
+        if tensor.is_quantized or tensor.layout != _torch_strided():
+            raise ConversionError(
+                f"tensor {key!r} is {'quantized' if tensor.is_quantized else 'sparse'}, which "
+                "safetensors cannot hold",
+                rule="convert.unsupported_value",
+                detail="dequantize or densify it after safeload.load, then save it yourself",
+            )
         if key in aliases:
             continue
         if key in copies:
@@ -409,6 +416,12 @@ def _prepare(flat: _Flat, framework: str) -> tuple[dict[str, Any], dict[str, str
             + _names(made_contiguous)
         )
     return written, metadata
+
+
+def _torch_strided() -> Any:
+    import torch
+
+    return torch.strided
 
 
 def _torch_contiguous() -> Any:
@@ -474,7 +487,7 @@ def _write_checked(
         mode = stat.S_IMODE(os.fstat(fd).st_mode)
         os.close(fd)
         fd = -1
-        _save(written, metadata, tmp, framework)
+        _save(written, metadata, tmp, framework, out)
         try:
             fd = os.open(
                 tmp, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
@@ -515,7 +528,9 @@ def _create_temp(parent: Path, name: str) -> tuple[int, Path]:
                           rule="convert.write")  # fmt: skip
 
 
-def _save(written: dict[str, Any], metadata: dict[str, str], tmp: Path, framework: str) -> None:
+def _save(
+    written: dict[str, Any], metadata: dict[str, str], tmp: Path, framework: str, out: Path
+) -> None:
     try:
         if framework == "torch":
             from safetensors.torch import save_file
@@ -523,11 +538,12 @@ def _save(written: dict[str, Any], metadata: dict[str, str], tmp: Path, framewor
             from safetensors.numpy import save_file  # type: ignore[assignment]
         save_file(written, tmp, metadata=metadata)
     except OSError as exc:
-        raise ConversionError("cannot write output", path=str(tmp), rule="convert.write",
+        raise ConversionError("cannot write output", path=str(out), rule="convert.write",
                               detail=str(exc)) from None  # fmt: skip
     except Exception as exc:  # noqa: BLE001 - safetensors refuses with bare exceptions (dtype...)
         raise ConversionError(
-            "safetensors cannot hold these tensors", rule="convert.unsupported_value",
+            "safetensors cannot hold these tensors", path=str(out),
+            rule="convert.unsupported_value",
             detail=f"{type(exc).__name__}: {str(exc).strip()[:300]}",
         ) from None  # fmt: skip
 
