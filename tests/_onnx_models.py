@@ -57,3 +57,21 @@ def writes_outside() -> nn.Module:
     with open("/tmp/safeload-onnx-export-escape", "w", encoding="utf-8") as f:
         f.write("escaped")
     return mlp()
+
+
+class _Drifting(nn.Module):
+    """Adds how many times it was called: the torch run and the traced export disagree."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(16, 3)
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return self.linear(x) + float(self.calls)
+
+
+def drifting() -> nn.Module:
+    """A model whose export is not what ran: the ORT comparison must catch it."""
+    return _Drifting()

@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from safeload.convert._report import ConversionReport
-from safeload.errors import ConversionError, SandboxError, UsageError
+from safeload.errors import ConversionError, SafeloadError, SandboxError, UsageError
 from safeload.policy import Limits, Policy
 
 __all__ = ["export_onnx"]
@@ -109,19 +109,25 @@ def export_onnx(
         work = Path(tempfile.mkdtemp(prefix=".safeload-onnx-", dir=out.parent))
         stack.callback(shutil.rmtree, work, True)
         size = source.stat().st_size
-        result = run_in_sandbox(
-            "export_onnx",
-            [source, inputs_file],
-            limits=gate.limits,
-            required_layers=effective.sandbox.required_layers,
-            timeout=DEFAULT_TIMEOUT if timeout is None else timeout,
-            framework="numpy",
-            output_dir=work,
-            params={"model": model, "inputs": len(shapes), "opset": opset, "name": name},
-            preload=[_EXPORT_MODULE, module],
-            memory_bytes=3 * _GiB + 4 * size,
-            max_output_bytes=2 * size + 256 * (1 << 20),
-        )
+        _check_format(source, name, gate.limits, effective)
+        try:
+            result = run_in_sandbox(
+                "export_onnx",
+                [source, inputs_file],
+                limits=gate.limits,
+                required_layers=effective.sandbox.required_layers,
+                timeout=DEFAULT_TIMEOUT if timeout is None else timeout,
+                framework="numpy",
+                output_dir=work,
+                params={"model": model, "inputs": len(shapes), "opset": opset, "name": name},
+                preload=[_EXPORT_MODULE, module],
+                memory_bytes=3 * _GiB + 4 * size,
+                max_output_bytes=2 * size + 256 * (1 << 20),
+            )
+        except SafeloadError as exc:  # name the caller's file, not our resolved or staged copy
+            if exc.path in (str(source), None):
+                exc.path = name
+            raise
         state, torch_out = _result_parts(result.value)
         fmt = str(result.meta.get("format"))
         with _mapped(source) as data:  # the policy's verdict on the weights, as load gives
@@ -311,6 +317,19 @@ def _mapped(path: Path) -> Iterator[memoryview]:
                 yield view
             finally:
                 view.release()
+
+
+def _check_format(source: Path, name: str, limits: Limits, policy: Policy) -> None:
+    """The format allowlist, from the header alone, before the worker runs any code."""
+    from safeload.errors import PolicyViolation
+    from safeload.formats import detect
+
+    with _mapped(source) as data:
+        fmt = detect(data, name=name, limits=limits).format.value
+    if fmt not in policy.formats.allowed:
+        raise PolicyViolation(f"refused by policy: format {fmt!r} is not allowed", path=name,
+                              rule="formats.allowed",
+                              detail=f"allowed: {', '.join(policy.formats.allowed)}")  # fmt: skip
 
 
 # -- after the worker ------------------------------------------------------------------------
