@@ -1,11 +1,13 @@
 """Sandbox cost: worker start-up, and a 1 GiB checkpoint loaded in the sandbox vs in-process.
 
 Run: ``nice python benchmarks/bench_sandbox.py [--gib 1.0] [--repeat 3]``. Prints ratios, never
-asserts. Each load runs in a fresh interpreter so peak RSS (``ru_maxrss``) belongs to that
-load alone; the sandboxed run also reports the worker's own peak RSS (``VmHWM``, which the
-worker reads for itself: ``wait4``'s figure includes the parent's peak at spawn) and its
-anonymous (non file-backed) memory at the end, where a copy of tensor data would show.
-Both loads end by reading every tensor element, so lazily mapped pages are counted.
+asserts. What is compared is what a user calls: ``safeload.load(path, sandbox=True)`` against
+``safeload.load(path, sandbox=False)``, and the same pair with ``mmap=True``. Each load runs in
+a fresh interpreter so peak RSS (``ru_maxrss``) belongs to that load alone; one more run reports
+the worker's own peak RSS (``VmHWM``, which the worker reads for itself: ``wait4``'s figure
+includes the parent's peak at spawn) and its anonymous (non file-backed) memory at the end,
+where a copy of tensor data would show. Every load ends by reading every tensor element, so
+lazily mapped pages are counted.
 
 Modes: ``sandbox`` is a process's first sandboxed load (a cold worker); ``sandbox-warm`` runs
 after ``prewarm()`` had time to finish; ``sandbox-2nd`` is a second load right after a first
@@ -25,29 +27,21 @@ import time
 from pathlib import Path
 
 _CHILD = r"""
-import json, mmap, resource, sys, time
+import json, resource, sys, time
 from pathlib import Path
 import torch
-from safeload.formats import read
-from safeload.policy import Limits
-from safeload.sandbox import prewarm, run_in_sandbox
+import safeload
+from safeload.sandbox import prewarm
 
-mode, path = sys.argv[1], Path(sys.argv[2])
+mode, path, use_mmap = sys.argv[1], Path(sys.argv[2]), sys.argv[3] == "mmap"
+sandboxed = mode != "inprocess"
 if mode == "sandbox-warm":
     prewarm()  # an application does this at start-up, long before its first load
     time.sleep(3)
 if mode == "sandbox-2nd":  # back to back: the spare started after this load is the next worker
-    run_in_sandbox("read", [path], limits=Limits(), framework="torch")
+    safeload.load(path, sandbox=True, mmap=use_mmap)
 t0 = time.perf_counter()
-worker_rss = worker_anon = 0
-if mode == "inprocess":
-    with path.open("rb") as f:
-        mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)  # writable: torch needs no copy
-    value = read(memoryview(mm), name=path.name, limits=Limits(), framework="torch").value
-else:
-    result = run_in_sandbox("read", [path], limits=Limits(), framework="torch")
-    value, worker_rss = result.value, result.worker_memory.get("VmHWM", 0)
-    worker_anon = result.worker_memory.get("RssAnon", 0)
+value = safeload.load(path, sandbox=sandboxed, mmap=use_mmap)
 loaded = time.perf_counter() - t0
 total = 0.0
 for t in value.values():
@@ -57,16 +51,27 @@ print(json.dumps({
     "loaded_s": loaded,
     "wall_s": wall,
     "rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-    "worker_rss": worker_rss,
-    "worker_anon": worker_anon,
 }))
 """
 
+_WORKER_MEMORY = r"""
+import json, sys
+from safeload.integrations._load import _sandbox_input
+from safeload.policy import Limits
+from safeload.sandbox import run_in_sandbox
+# What safeload.load(sandbox=True) sends: the parent's descriptor, buffer and CRC hints.
+with _sandbox_input(sys.argv[1], use_mmap=False, limits=Limits()) as (item, data, _):
+    r = run_in_sandbox("read", [item], limits=Limits(), framework="torch")
+print(json.dumps({"worker_rss": r.worker_memory.get("VmHWM", 0),
+                  "worker_anon": r.worker_memory.get("RssAnon", 0)}))
+"""
 
-def _run(mode: str, path: Path) -> dict[str, float]:
+
+def _run(mode: str, path: Path, how: str = "read") -> dict[str, float]:
     out = subprocess.run(
-        [sys.executable, "-c", _CHILD, mode, str(path)], check=True, capture_output=True, text=True
-    )
+        [sys.executable, "-c", _CHILD, mode, str(path), how],
+        check=True, capture_output=True, text=True,
+    )  # fmt: skip
     return json.loads(out.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
 
 
@@ -150,29 +155,36 @@ def main() -> None:
         size = _make_checkpoint(path, args.gib)
         print(f"checkpoint: {size / (1 << 30):.2f} GiB of float32 in 16 tensors (torch.save zip)")
         _run("inprocess", path)  # warm the page cache once so both sides read from memory
+        out = subprocess.run([sys.executable, "-c", _WORKER_MEMORY, str(path)], check=True,
+                             capture_output=True, text=True)  # fmt: skip
+        worker = json.loads(out.stdout.strip().splitlines()[-1])
         modes = ("inprocess", "sandbox", "sandbox-warm", "sandbox-2nd")
-        rows: dict[str, list[dict[str, float]]] = {mode: [] for mode in modes}
+        rows: dict[tuple[str, str], list[dict[str, float]]] = {
+            (how, mode): [] for how in ("read", "mmap") for mode in modes
+        }
         for _ in range(args.repeat):
-            for mode in rows:
-                rows[mode].append(_run(mode, path))
+            for how, mode in rows:
+                rows[how, mode].append(_run(mode, path, how))
 
-    def med(mode: str, key: str) -> float:
-        return statistics.median(r[key] for r in rows[mode])
+    def med(key: tuple[str, str], field: str) -> float:
+        return statistics.median(r[field] for r in rows[key])
 
     gib = float(1 << 30)
-    for mode in rows:
-        line = (f"{mode:>12}: load {med(mode, 'loaded_s'):.3f} s, load+touch "
-                f"{med(mode, 'wall_s'):.3f} s, "
-                f"parent peak RSS {med(mode, 'rss') / gib:.2f} GiB")  # fmt: skip
-        if mode != "inprocess":
-            line += (f", worker peak RSS {med(mode, 'worker_rss') / gib:.2f} GiB (anonymous "
-                     f"{med(mode, 'worker_anon') / gib:.3f} GiB)")  # fmt: skip
-        print(line)
-    for mode in ("sandbox", "sandbox-warm", "sandbox-2nd"):
-        ratio = med(mode, "wall_s") / med("inprocess", "wall_s")
-        rss_ratio = med(mode, "rss") / med("inprocess", "rss")
-        print(f"{mode} / in-process: wall {ratio:.2f}x (target <= 1.1x), parent peak RSS "
-              f"{rss_ratio:.2f}x")  # fmt: skip
+    print(f"worker's own memory while parsing it: peak {worker['worker_rss'] / gib:.3f} GiB, "
+          f"anonymous {worker['worker_anon'] / gib:.3f} GiB (no tensor data copied)")  # fmt: skip
+    for how in ("read", "mmap"):
+        label = "safeload.load(path" + (", mmap=True" if how == "mmap" else "") + ")"
+        print(f"{label}, sandbox=False vs True, median of {args.repeat} fresh processes:")
+        for mode in modes:
+            key = (how, mode)
+            print(f"  {mode:>12}: load {med(key, 'loaded_s'):.3f} s, load+touch "
+                  f"{med(key, 'wall_s'):.3f} s, "
+                  f"peak RSS {med(key, 'rss') / gib:.2f} GiB")  # fmt: skip
+        for mode in modes[1:]:
+            ratio = med((how, mode), "wall_s") / med((how, "inprocess"), "wall_s")
+            rss_ratio = med((how, mode), "rss") / med((how, "inprocess"), "rss")
+            print(f"  {mode} / in-process: wall {ratio:.2f}x (target <= 1.1x), peak RSS "
+                  f"{rss_ratio:.2f}x")  # fmt: skip
 
 
 if __name__ == "__main__":

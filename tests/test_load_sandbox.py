@@ -187,3 +187,54 @@ def test_a_symlink_the_caller_names_is_followed_as_in_process(
     link = tmp_path / "link.pt"
     link.symlink_to(ckpt)
     assert_same(safeload.load(link, sandbox=True), safeload.load(ckpt))
+
+
+@pytest.fixture
+def big_ckpt(tmp_path: Path) -> Path:
+    """Over the loader's 16 MiB pipeline threshold: read on every core with CRC hints."""
+    path = tmp_path / "big.pt"
+    torch.save({"a": torch.arange(3 << 20, dtype=torch.float32), "b": torch.ones(1 << 20)}, path)
+    return path
+
+
+def test_sandboxed_tensors_are_private_memory_like_an_in_process_load(
+    big_ckpt: Path, assert_same: Any
+) -> None:
+    """The worker parses the caller's file, but the tensors are the parent's own copy: a later
+    write to the file (same inode) does not reach them, as with ``torch.load``."""
+    expected = safeload.load(big_ckpt)
+    got = safeload.load(big_ckpt, sandbox=True)
+    assert_same(got, expected)
+    with big_ckpt.open("r+b") as f:  # zero the whole file in place
+        f.write(b"\0" * big_ckpt.stat().st_size)
+    assert_same(got, expected)
+    got["a"][0] = 42.0  # and they are writable
+    assert float(got["a"][0]) == 42.0
+
+
+def test_mmap_true_in_the_sandbox_maps_like_an_in_process_mmap_load(
+    big_ckpt: Path, assert_same: Any
+) -> None:
+    assert_same(safeload.load(big_ckpt, sandbox=True, mmap=True), safeload.load(big_ckpt))
+
+
+def test_crc_hints_do_not_let_a_corrupt_member_through(big_ckpt: Path) -> None:
+    """The parent folds member CRCs while reading and tells the worker; a hint only counts when
+    it equals the directory's CRC, so flipped tensor bytes are still refused, on both paths."""
+    raw = bytearray(big_ckpt.read_bytes())
+    at = raw.index(bytes(torch.arange(4, dtype=torch.float32).numpy().tobytes()[4:12]))
+    raw[at + 100] ^= 0xFF
+    big_ckpt.write_bytes(bytes(raw))
+    for mmap in (False, True):
+        with pytest.raises(safeload.errors.FormatError) as info:
+            safeload.load(big_ckpt, sandbox=True, mmap=mmap)
+        assert info.value.rule == "zip.crc"
+
+
+def test_bytes_and_file_objects_reach_the_worker_as_a_sealed_copy(
+    big_ckpt: Path, assert_same: Any
+) -> None:
+    expected = safeload.load(big_ckpt)
+    assert_same(safeload.load(big_ckpt.read_bytes(), sandbox=True), expected)
+    with big_ckpt.open("rb") as f:
+        assert_same(safeload.load(f, sandbox=True), expected)

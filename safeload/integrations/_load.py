@@ -14,8 +14,7 @@ import logging
 import mmap as _mmap
 import os
 import stat
-import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ from safeload.policy import Limits, Policy
 
 if TYPE_CHECKING:
     from safeload.policy import PolicyGate
+    from safeload.sandbox._runner import SandboxInput
 
 __all__ = ["ModelInfo", "get_unsafe_globals", "inspect", "load"]
 
@@ -127,12 +127,24 @@ def _read_fd(
     def pread(off: int, n: int) -> bytes:
         return os.pread(fd, n, off)
 
+    return view, _pipelined(view, pread, lambda start, end: _fill(fd, view, start, end, name))
+
+
+def _pipelined(
+    view: memoryview, pread: Callable[[int, int], bytes], fill: Callable[[int, int], None]
+) -> dict[tuple[int, int], int]:
+    """``fill`` every chunk of ``view`` on one thread per core, folding zip member CRCs as it goes.
+
+    ``pread`` reads the source (the central directory is read first, from its end, so the
+    member ranges are known before the fill starts). Returns CRC-32s by ``(offset, size)``.
+    """
+    size = len(view)
     entries = central_entries(pread, size)
     chunked = ChunkedCrc.from_entries(pread, entries) if entries else None
     streaming = StreamingCrc(view, entries) if entries and chunked is None else None
 
     def fill_and_fold(start: int, end: int) -> None:
-        _fill(fd, view, start, end, name)
+        fill(start, end)
         if chunked is not None:
             chunked.feed(view, start, end)  # while the chunk is still in this core's cache
 
@@ -144,8 +156,8 @@ def _read_fd(
             if streaming is not None:
                 streaming.feed(end)  # without crc32_combine: in file order, on this thread
     if chunked is not None:
-        return view, chunked.result()
-    return view, ({} if streaming is None else streaming.result())
+        return chunked.result()
+    return {} if streaming is None else streaming.result()
 
 
 def _fill(fd: int, view: memoryview, start: int, end: int, name: str) -> None:
@@ -342,7 +354,7 @@ def load(
     gate = policy_gate(policy, limits, source=f, registered_globals=get_safe_globals())
     limits = gate.limits
     if _use_sandbox(sandbox, gate, f):
-        value, name = _load_sandboxed(f, gate, framework)
+        value, name = _load_sandboxed(f, gate, framework, bool(mmap))
     else:
         extra = select_extra_globals(gate.policy, get_safe_globals())
         data, name, crcs = _bytes_of(f, use_mmap=bool(mmap), limits=limits, take=True)
@@ -449,36 +461,37 @@ def _use_sandbox(sandbox: bool | None, gate: PolicyGate, f: object) -> bool:
 
 
 def _load_sandboxed(
-    f: object, gate: PolicyGate, framework: Literal["torch", "numpy"]
+    f: object, gate: PolicyGate, framework: Literal["torch", "numpy"], use_mmap: bool
 ) -> tuple[Any, str]:
     """Parse in the worker; decide on what it returned; give back (value, name).
 
-    The worker reads a file descriptor its parent opened: the caller's path itself (checked
-    not to have been swapped meanwhile), or, for bytes, file objects and verified files, a
-    private temporary copy of exactly the bytes we hold, so a verified file is never re-read
-    from its path. The format is the one the worker's reader detected; the tensor shapes are
-    those of the arrays that came back.
+    The parent does the byte work an in-process load does (reads the file into private memory
+    on every core, folding zip CRCs as it goes, or maps it with ``mmap=True``) while a worker
+    starts; the worker then parses a descriptor of the same bytes (the caller's file, or a
+    sealed memfd of bytes we hold: a verified file is never re-read from its path), told the
+    CRCs so it need not touch tensor data. Its answer says *where* the tensors are; they are
+    built over the parent's buffer, so the caller gets the memory an in-process load gives.
+    The format is the one the worker's reader detected; the shapes, those of what came back.
     """
-    from safeload.sandbox import run_in_sandbox
+    from safeload.sandbox._runner import WorkerSlot, run_in_sandbox
 
     limits = gate.limits
-    data, name, _ = _bytes_of(f, use_mmap=True, limits=limits)
-    with _sandbox_input(f, data, name) as (path, before):
+    name = _name_of(f)
+    with WorkerSlot() as slot, _sandbox_input(f, use_mmap=use_mmap, limits=limits) as staged:
+        item, data, unchanged = staged
         try:
             result = run_in_sandbox(
                 "read",
-                [path],
+                [item],
                 limits=limits,
                 required_layers=gate.policy.sandbox.required_layers,
                 framework=framework,
+                slot=slot,
             )
         except SafeloadError as exc:
-            exc.path = _caller_path(exc.path, path, name)
+            exc.path = _caller_path(exc.path, item.name, name)
             raise
-        if before is not None and _identity(path) != before:
-            raise SourceError(
-                "file changed while it was being loaded", path=name or None, rule="source.read"
-            )
+        unchanged()
     fmt = result.meta.get("format")
     if fmt not in {known.value for known in Format}:
         raise SandboxError(
@@ -489,56 +502,120 @@ def _load_sandboxed(
     return result.value, name
 
 
-def _caller_path(reported: str | None, path: Path, name: str) -> str | None:
-    """Name the caller's file in errors, not the resolved path or our temporary copy."""
-    if reported is None:
-        return name or None
-    for prefix in (str(path), path.name):
-        if reported == prefix or reported.startswith(prefix + ":"):
-            return (name or "<buffer>") + reported[len(prefix) :]
+def _caller_path(reported: str | None, sent: str, name: str) -> str | None:
+    """Name the caller's file in errors, not the name the worker was given."""
+    if reported is None or not sent:
+        return reported or name or None
+    if reported == sent or reported.startswith(sent + ":"):
+        return (name or "<buffer>") + reported[len(sent) :]
     return reported
 
 
-def _identity(path: Path) -> tuple[int, int, int, int]:
-    try:
-        st = path.stat()
-    except OSError as exc:
-        raise SourceError(
-            "file vanished while it was being loaded", path=str(path), rule="source.read",
-            detail=str(exc),
-        ) from None  # fmt: skip
-    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+_Staged = tuple["SandboxInput", memoryview, Callable[[], None]]
 
 
 @contextmanager
-def _sandbox_input(
-    f: object, data: memoryview, name: str
-) -> Iterator[tuple[Path, tuple[int, int, int, int] | None]]:
-    """A path the worker may open: the caller's own file, or a private copy of ``data``."""
+def _sandbox_input(f: object, *, use_mmap: bool, limits: Limits) -> Iterator[_Staged]:
+    """The worker's input, the parent's own copy of the same bytes, and a check that the
+    file did not change while both were read.
+
+    A path is opened once: the parent reads (or maps) that descriptor and the worker parses the
+    same one. Anything else (bytes, a file object, a verified file's private memory) is
+    written to a sealed memfd, which nobody can change afterwards.
+    """
+    from safeload.sandbox._runner import SandboxInput
+
+    name = _name_of(f)
     if isinstance(f, (str, os.PathLike)):
-        # The in-process reader follows links the caller named; the worker refuses links, so
-        # hand it the resolved file (the same one _bytes_of just read).
-        path = Path(os.fsdecode(os.path.realpath(f)))
-        yield path, _identity(path)
-        return
-    with tempfile.TemporaryDirectory(prefix="safeload-sandbox-") as tmp:
-        path = Path(tmp) / "input"
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-            try:
-                view = memoryview(data).cast("B")
-                while view:
-                    view = view[os.write(fd, view) :]
-            finally:
-                os.close(fd)
+            # O_NONBLOCK: a FIFO named like a model must be refused, not hang open().
+            fd = os.open(f, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
         except OSError as exc:
-            raise SandboxError(
-                "cannot stage the input for the sandbox worker",
-                path=name or None,
-                rule="sandbox.inputs",
-                detail=str(exc),
+            raise SourceError(
+                f"cannot open {name}", path=name, rule="source.open", detail=str(exc)
             ) from None
-        yield path, None
+        try:
+            before = _identity(fd, name)
+            data, crcs = _read_fd(fd, use_mmap=use_mmap, name=name, limits=limits)
+            if use_mmap and len(data) >= _PIPELINE_MIN:
+                # Fault the mapping in and fold the CRCs on every core, as an in-process
+                # mmap load's CRC pass does, so the worker need not read tensor data at all.
+                crcs = _pipelined(data, lambda off, n: os.pread(fd, n, off), lambda s, e: None)
+            real = Path(os.fsdecode(os.path.realpath(f)))
+
+            def unchanged() -> None:
+                if _identity(fd, name) != before:
+                    raise SourceError(
+                        "file changed while it was being loaded", path=name or None,
+                        rule="source.read",
+                        detail="its size, modification or change time moved during the load",
+                    )  # fmt: skip
+
+            yield SandboxInput(fd, real.name, data, crcs, real), data, unchanged
+        finally:
+            os.close(fd)
+        return
+    data, name, _ = _bytes_of(f, use_mmap=use_mmap, limits=limits, take=True)
+    fd, crcs = _sealed_copy(data, name)
+    try:
+        yield SandboxInput(fd, "input", data, crcs), data, lambda: None
+    finally:
+        os.close(fd)
+
+
+def _identity(fd: int, name: str) -> tuple[int, int, int, int, int]:
+    try:
+        st = os.fstat(fd)
+    except OSError as exc:
+        raise SourceError(
+            "cannot stat the file being loaded", path=name or None, rule="source.read",
+            detail=str(exc),
+        ) from None  # fmt: skip
+    # ctime too: a writer can set mtime back, but not ctime.
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+_SEALS = ("F_SEAL_SEAL", "F_SEAL_SHRINK", "F_SEAL_GROW", "F_SEAL_WRITE")
+
+
+def _sealed_copy(data: memoryview, name: str) -> tuple[int, dict[tuple[int, int], int]]:
+    """A memfd holding exactly ``data``, sealed against any change, plus zip CRC hints."""
+    import fcntl
+
+    view = data.cast("B") if data.format != "B" or data.ndim != 1 else data
+    try:
+        fd = os.memfd_create("safeload-input", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    except OSError as exc:
+        raise SandboxError(
+            "cannot stage the input for the sandbox worker", path=name or None,
+            rule="sandbox.inputs", detail=str(exc),
+        ) from None  # fmt: skip
+    try:
+        os.ftruncate(fd, len(view))
+
+        def put(start: int, end: int) -> None:
+            while start < end:
+                start += os.pwrite(fd, view[start:end], start)
+
+        if len(view) < _PIPELINE_MIN:
+            put(0, len(view))
+            crcs: dict[tuple[int, int], int] = {}
+        else:
+            crcs = _pipelined(view, lambda off, n: bytes(view[off : off + n]), put)
+        seals = 0
+        for seal in _SEALS:
+            seals |= getattr(fcntl, seal)
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, seals)
+    except OSError as exc:
+        os.close(fd)
+        raise SandboxError(
+            "cannot stage the input for the sandbox worker", path=name or None,
+            rule="sandbox.inputs", detail=str(exc),
+        ) from None  # fmt: skip
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, crcs
 
 
 def inspect(path: Any, *, limits: Limits | None = None) -> ModelInfo:

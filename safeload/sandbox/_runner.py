@@ -40,7 +40,14 @@ from safeload.sandbox._rlimits import RlimitPlan
 if sys.platform != "win32":  # the sandbox is Linux-only; importing safeload is not
     import fcntl
 
-__all__ = ["SandboxResult", "prewarm", "run_in_sandbox", "sandboxed_read"]
+__all__ = [
+    "SandboxInput",
+    "SandboxResult",
+    "WorkerSlot",
+    "prewarm",
+    "run_in_sandbox",
+    "sandboxed_read",
+]
 
 _log = logging.getLogger(__name__)
 _audit = logging.getLogger("safeload.audit")
@@ -95,28 +102,64 @@ def _tail(fd: int) -> str:
     return os.pread(fd, size - start, start).decode("utf-8", "replace").strip()
 
 
-def _open_inputs(inputs: Sequence[Path], limits: Limits) -> tuple[list[int], int]:
+@dataclass(frozen=True, slots=True)
+class SandboxInput:
+    """An input the caller already opened, and maybe already read into its own memory.
+
+    ``run_in_sandbox`` sends ``fd`` to the worker (it never closes it: the caller owns it).
+    ``buffer``, when given, must hold exactly the bytes behind ``fd`` (the caller read them, or
+    wrote ``fd`` from them): result tensors then view this buffer, so they have the memory of an
+    in-process load (private, and unchanged if the file changes later), with no second copy.
+    ``known_crcs`` are CRC-32s of byte ranges of ``buffer`` computed while reading it, which
+    spare the worker from reading tensor data at all. ``path`` is only for Landlock (a task
+    that reopens its input through ``/proc/self/fd``); None for an anonymous memfd.
+    """
+
+    fd: int
+    name: str
+    buffer: memoryview | None = None
+    known_crcs: Mapping[tuple[int, int], int] | None = None
+    path: Path | None = None
+
+
+def _open_one(path: Path, limits: Limits) -> int:
+    try:
+        # O_NONBLOCK: a FIFO planted as "model.pt" must not hang us in open().
+        return os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError as exc:
+        why = ("a symbolic link: resolve it through safeload.source, which decides "
+               "which links to follow" if exc.errno == errno.ELOOP else None)  # fmt: skip
+        raise SourceError(f"cannot open sandbox input: {exc.strerror}", path=str(path),
+                          rule="sandbox.inputs", detail=why) from exc  # fmt: skip
+
+
+def _open_inputs(
+    inputs: Sequence[Path | SandboxInput], limits: Limits
+) -> tuple[list[int], list[int], int]:
+    """-> descriptors to send (in input order), the ones we opened (to close), total bytes."""
     fds: list[int] = []
+    opened: list[int] = []
     total = 0
     try:
-        for path in inputs:
-            try:
-                # O_NONBLOCK: a FIFO planted as "model.pt" must not hang us in open().
-                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
-            except OSError as exc:
-                why = ("a symbolic link: resolve it through safeload.source, which decides "
-                       "which links to follow" if exc.errno == errno.ELOOP else None)  # fmt: skip
-                raise SourceError(f"cannot open sandbox input: {exc.strerror}", path=str(path),
-                                  rule="sandbox.inputs", detail=why) from exc  # fmt: skip
+        for item in inputs:
+            if isinstance(item, SandboxInput):
+                fd, label = item.fd, item.name
+            else:
+                fd, label = _open_one(Path(item), limits), str(item)
+                opened.append(fd)
             fds.append(fd)
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
-                raise SourceError("sandbox input is not a regular file", path=str(path),
+                raise SourceError("sandbox input is not a regular file", path=label,
                                   rule="sandbox.inputs")  # fmt: skip
+            held = item.buffer if isinstance(item, SandboxInput) else None
+            if held is not None and held.nbytes != st.st_size:
+                raise SandboxError("a sandbox input's buffer is not its file's size",
+                                   path=label, rule="sandbox.inputs")  # fmt: skip
             if st.st_size > limits.max_file_bytes:
                 raise LimitExceededError(
                     "file is larger than limits.max_file_bytes",
-                    path=str(path),
+                    path=label,
                     rule="limits.max_file_bytes",
                 )
             total += st.st_size
@@ -125,10 +168,30 @@ def _open_inputs(inputs: Sequence[Path], limits: Limits) -> tuple[list[int], int
                 "inputs exceed limits.max_total_bytes", rule="limits.max_total_bytes"
             )
     except BaseException:
-        for fd in fds:
+        for fd in opened:
             os.close(fd)
         raise
-    return fds, total
+    return fds, opened, total
+
+
+_MAX_HINT_BYTES = 128 << 10
+"""CRC hints ride in the request, a single socket message (bounded by the socket buffer): past
+this size they are left out and the worker checks those CRCs by reading, as it would anyway."""
+
+
+def _input_entry(item: Path | SandboxInput) -> dict[str, Any]:
+    if not isinstance(item, SandboxInput):
+        path = Path(item)
+        return {"name": path.name, "path": str(path.resolve())}
+    entry: dict[str, Any] = {
+        "name": item.name,
+        "path": "" if item.path is None else str(item.path),
+    }
+    if item.known_crcs:
+        hints = [[off, size, crc] for (off, size), crc in item.known_crcs.items()]
+        if len(json.dumps(hints)) <= _MAX_HINT_BYTES:
+            entry["crcs"] = hints
+    return entry
 
 
 def _worker_env() -> dict[str, str]:
@@ -385,6 +448,33 @@ def _take_worker() -> _Worker:
     return worker or _Worker()
 
 
+class WorkerSlot:
+    """A worker taken (or spawned) *before* the caller prepares its inputs.
+
+    ``safeload.load`` takes one, then reads the file into its own memory while the worker
+    starts (interpreter and imports on the other core), then hands both to
+    :func:`run_in_sandbox`. A slot that was never used is discarded on exit: its worker saw
+    no input and never gets one.
+    """
+
+    def __init__(self) -> None:
+        self._worker: _Worker | None = None
+
+    def __enter__(self) -> WorkerSlot:
+        if sys.platform == "linux":
+            self._worker = _take_worker()
+        return self
+
+    def take(self) -> _Worker | None:
+        worker, self._worker = self._worker, None
+        return worker
+
+    def __exit__(self, *exc: object) -> None:
+        worker = self.take()
+        if worker is not None:
+            worker.discard()
+
+
 SPARE_DELAY = 1.0
 """Seconds between a job's end and its spare's start: the caller's own work on the result
 (copying it into a model...) comes first. Back-to-back jobs would find the spare still
@@ -562,7 +652,7 @@ def _default_plan(
 
 def run_in_sandbox(
     task: str,
-    inputs: Sequence[Path],
+    inputs: Sequence[Path | SandboxInput],
     *,
     limits: Limits,
     required_layers: Collection[str] = (),
@@ -575,6 +665,7 @@ def run_in_sandbox(
     max_output_bytes: int | None = None,
     unsafe_skip_layers: Collection[str] = (),
     preload: Sequence[str] = (),
+    slot: WorkerSlot | None = None,
 ) -> SandboxResult:
     """Run registered ``task`` on ``inputs`` in a fresh, confined worker; validate what returns.
 
@@ -582,8 +673,12 @@ def run_in_sandbox(
     ``sandbox.required_layers``) must all be applied or this raises ``SandboxError`` with
     ``rule="sandbox.required_layers"`` before any input byte is parsed. ``memory_bytes``,
     ``cpu_seconds`` and ``max_output_bytes`` override the worker's rlimits (defaults scale with
-    the input size). ``preload`` names modules the worker imports before its first layer (a task
-    that needs torch, say): the caller's choice, never a model file's. ``unsafe_skip_layers``
+    the input size). ``inputs`` are paths (opened here, without following links) or
+    :class:`SandboxInput` descriptors the caller opened (and maybe read: then result tensors view
+    the caller's buffer). ``slot`` is a worker taken earlier with :class:`WorkerSlot`, so that
+    its start-up overlapped the caller's own reading. ``preload`` names modules the worker
+    imports before its first layer (a task that needs torch, say): the caller's choice, never a
+    model file's. ``unsafe_skip_layers``
     exists for tests of the layers themselves: it is logged to the ``safeload.audit`` logger
     every time it is used.
     """
@@ -608,16 +703,17 @@ def run_in_sandbox(
                 rule="sandbox.required_layers",
                 detail=f"{report.name}: {report.reason}",
             )
-    paths = [Path(p) for p in inputs]
     out_dir = None if output_dir is None else Path(output_dir).resolve()
-    input_fds, total_in = _open_inputs(paths, limits)
+    input_fds, opened, total_in = _open_inputs(inputs, limits)
+    entries = [_input_entry(item) for item in inputs]
+    buffers = [item.buffer if isinstance(item, SandboxInput) else None for item in inputs]
     plan = _default_plan(
-        limits, total_in, len(paths), timeout, memory_bytes, cpu_seconds, max_output_bytes
+        limits, total_in, len(inputs), timeout, memory_bytes, cpu_seconds, max_output_bytes
     )
     request = {
         "version": _worker.PROTOCOL_VERSION,
         "task": task,
-        "inputs": [{"name": p.name, "path": str(p.resolve())} for p in paths],
+        "inputs": entries,
         "output_dir": None if out_dir is None else str(out_dir),
         "limits": limits.model_dump(),
         "rlimits": asdict(plan),
@@ -626,16 +722,18 @@ def run_in_sandbox(
         "params": dict(params or {}),
         "preload": [str(name) for name in preload],
     }
-    first = str(paths[0]) if paths else None
-    with _closing(input_fds):
-        worker = _take_worker()
-        maps = _transport.InputMaps(input_fds)
+    first = entries[0]["name"] if entries else None
+    if inputs and not isinstance(inputs[0], SandboxInput):
+        first = str(inputs[0])
+    with _closing(opened):
+        worker = (slot.take() if slot is not None else None) or _take_worker()
+        maps = _transport.InputMaps(input_fds, buffers)
         stop = threading.Event()
         prefetch = threading.Thread(target=maps.prefetch, args=(stop,), daemon=True,
                                     name="safeload-sandbox-prefetch")  # fmt: skip
         try:
             worker.send(json.dumps(request).encode(), input_fds)
-            if input_fds:  # map the inputs while the worker parses them (we only wait meanwhile)
+            if maps.needs_prefetch:  # map the inputs while the worker parses them (we only wait)
                 prefetch.start()
             try:
                 status, usage, timed_out = worker.wait(timeout)
@@ -659,7 +757,7 @@ def run_in_sandbox(
             _transport.seal(worker.result_fd)
             value, tensors, meta = _transport.decode_result(
                 worker.result_fd, limits=limits, framework=framework, max_bytes=plan.file_size,
-                inputs=input_fds, name=paths[0].name if paths else "", maps=maps,
+                inputs=input_fds, name=entries[0]["name"] if entries else "", maps=maps,
             )
         finally:
             worker.close()

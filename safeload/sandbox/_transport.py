@@ -507,25 +507,43 @@ def _ints(value: object) -> bool:
 
 
 class InputMaps:
-    """Private, writable (copy-on-write) mappings of the input files the parent opened.
+    """The parent's own copies of the inputs, which result tensors become views of.
 
-    The worker reads every page of its input (CRCs), so after a successful job they sit in the
-    page cache and the parent maps them with ``MADV_POPULATE_READ`` (read-only population keeps
-    them shared: no copy-on-write; kernels before 5.14 say EINVAL and pages fault in lazily).
-    That page-table work costs tens of milliseconds per GiB, so :meth:`prefetch` does it on a
-    thread while the parent only waits for the worker, in small steps it can stop between.
+    Two kinds. An input the parent already holds in private memory (``buffers[i]``: what
+    ``safeload.load`` read, or the exact bytes a verified file hashed) is used as it is: the
+    worker parsed a descriptor of the same bytes, and its references are bounds-checked against
+    this buffer, so the caller gets the memory semantics of an in-process load. Any other input
+    is mapped privately, writable (copy-on-write), from the parent's descriptor. The worker
+    reads every page of such an input (CRCs), so after a successful job they sit in the page
+    cache and the parent maps them with ``MADV_POPULATE_READ`` (read-only population keeps them
+    shared: no copy-on-write; kernels before 5.14 say EINVAL and pages fault in lazily). That
+    page-table work costs tens of milliseconds per GiB, so :meth:`prefetch` does it on a thread
+    while the parent only waits for the worker, in small steps it can stop between.
     """
 
-    def __init__(self, fds: Sequence[int]) -> None:
+    def __init__(
+        self, fds: Sequence[int], buffers: Sequence[memoryview | None] | None = None
+    ) -> None:
         self._fds = fds
         self.count = len(fds)
-        self._maps: dict[int, mmap.mmap] = {}
+        self._buffers = list(buffers) if buffers is not None else [None] * len(fds)
+        if len(self._buffers) != self.count:
+            raise ValueError("one buffer (or None) per input descriptor")
+        self._maps: dict[int, Any] = {}
         self._storages: dict[int, Any] = {}
         self._populated: dict[int, int] = {}  # input -> bytes from its start already populated
 
-    def _mapping(self, index: int) -> mmap.mmap:
+    def _mapping(self, index: int) -> Any:
         mm = self._maps.get(index)
         if mm is None:
+            held = self._buffers[index]
+            if held is not None:
+                mm = held.cast("B") if held.format != "B" or held.ndim != 1 else held
+                if len(mm) == 0:
+                    raise _protocol("a reference points into an empty input file")
+                self._populated[index] = len(mm)  # the parent's own memory: nothing to map
+                self._maps[index] = mm
+                return mm
             fd = self._fds[index]
             size = os.fstat(fd).st_size
             if size == 0:  # mmap refuses empty files; nothing can be referenced in one anyway
@@ -535,7 +553,7 @@ class InputMaps:
             self._maps[index] = mm
         return mm
 
-    def _populate(self, index: int, mm: mmap.mmap, stop: threading.Event | None) -> None:
+    def _populate(self, index: int, mm: Any, stop: threading.Event | None) -> None:
         done = self._populated.get(index, 0)
         try:
             while done < len(mm):
@@ -548,6 +566,11 @@ class InputMaps:
             done = len(mm)
         self._populated[index] = done
 
+    @property
+    def needs_prefetch(self) -> bool:
+        """Whether any input is still to be mapped from its descriptor."""
+        return any(b is None for b in self._buffers)
+
     def prefetch(self, stop: threading.Event) -> None:
         """Map and populate every input until ``stop`` is set (run on a thread; never raises)."""
         for index in range(self.count):
@@ -556,7 +579,7 @@ class InputMaps:
             except (SandboxError, OSError, ValueError):
                 continue
 
-    def map(self, index: int) -> mmap.mmap:
+    def map(self, index: int) -> Any:
         mm = self._mapping(index)
         self._populate(index, mm, None)
         return mm
@@ -566,7 +589,10 @@ class InputMaps:
 
         storage = self._storages.get(index)
         if storage is None:
-            storage = torch.frombuffer(self.map(index), dtype=torch.uint8).untyped_storage()
+            mm = self.map(index)
+            if memoryview(mm).readonly:  # the caller's bytes: torch needs writable memory
+                mm = bytearray(mm)
+            storage = torch.frombuffer(mm, dtype=torch.uint8).untyped_storage()
             self._storages[index] = storage
         return storage
 

@@ -85,6 +85,10 @@ class TaskContext:
     limits: Limits
     output_dir: Path | None
     params: dict[str, Any]
+    known_crcs: list[dict[tuple[int, int], int]] = field(default_factory=list)
+    """Per input, CRC-32s of byte ranges the parent computed while reading its own copy (the
+    ``known_crcs`` of ``formats.read``): the zip reader accepts one only for a member whose
+    validated data range is exactly that range, so the worker need not read tensor data."""
     storages: dict[str, Any] = field(default_factory=dict)
     """Storages by key that :class:`~safeload.formats._types.TensorSpec` values in the result
     view (the ``read`` task sets them); sent once each, as file regions where possible."""
@@ -156,7 +160,8 @@ def _task_read(ctx: TaskContext) -> TaskResult:
     from safeload.formats import _read
 
     name, limits = ctx.names[0], ctx.limits
-    parsed = _read._parse(ctx.data(0), name=name, limits=limits)
+    crcs = ctx.known_crcs[0] if ctx.known_crcs else None
+    parsed = _read._parse(ctx.data(0), name=name, limits=limits, known_crcs=crcs)
     fmt = str(getattr(parsed.format, "value", parsed.format))
     meta: dict[str, Any] = {"format": fmt}
     if fmt in ("numpy", "npz"):
@@ -273,6 +278,24 @@ def _import_extra(names: object) -> None:
             ) from exc
 
 
+def _crc_hints(raw: object) -> dict[tuple[int, int], int]:
+    """``[[offset, size, crc], ...]`` from the parent's request -> ``{(offset, size): crc}``."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, list):
+        raise SandboxError("bad CRC hints from parent", rule="sandbox.protocol")
+    out: dict[tuple[int, int], int] = {}
+    for item in raw:
+        if (
+            not isinstance(item, list)
+            or len(item) != 3
+            or not all(type(v) is int and v >= 0 for v in item)
+        ):
+            raise SandboxError("bad CRC hint from parent", rule="sandbox.protocol")
+        out[(item[0], item[1])] = item[2]
+    return out
+
+
 def _read_request() -> dict[str, Any]:
     """Wait for the one request, and the input descriptors with it (SCM_RIGHTS)."""
     sock = socket.socket(fileno=FD_REQUEST)
@@ -342,8 +365,9 @@ def _run(request: dict[str, Any], reports: list[_layers.LayerReport]) -> dict[st
     required = frozenset(request["required_layers"])
     skip = frozenset(request["skip_layers"])
     names = [str(i["name"]) for i in request["inputs"]]
-    paths = [Path(i["path"]) for i in request["inputs"]]
-    fds = list(range(FIRST_INPUT_FD, FIRST_INPUT_FD + len(paths)))
+    # An input the parent made itself (a memfd of bytes it holds) has no path to grant.
+    paths = [Path(i["path"]) for i in request["inputs"] if i["path"]]
+    fds = list(range(FIRST_INPUT_FD, FIRST_INPUT_FD + len(names)))
     out_dir = Path(request["output_dir"]) if request["output_dir"] else None
 
     def layer(name: str, apply: Callable[[], _layers.LayerReport]) -> None:
@@ -364,7 +388,8 @@ def _run(request: dict[str, Any], reports: list[_layers.LayerReport]) -> dict[st
     limits = Limits.model_validate(request["limits"])
     layer("landlock", lambda: _layers.apply_landlock(paths, out_dir, required))
     layer("seccomp", lambda: _layers.apply_seccomp(required))
-    ctx = TaskContext(names, paths, fds, limits, out_dir, dict(request["params"]))
+    crcs = [_crc_hints(i.get("crcs")) for i in request["inputs"]]
+    ctx = TaskContext(names, paths, fds, limits, out_dir, dict(request["params"]), crcs)
     value, meta = task(ctx)
     from safeload.sandbox._transport import encode_result
 
