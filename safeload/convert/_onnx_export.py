@@ -143,7 +143,7 @@ def export_onnx(
 
         info = check_onnx_graph(onnx_bytes, policy=effective.onnx, model_dir=work, name=str(out))
         _compare_outputs(onnx_bytes, work, examples, torch_out, info.external_data, out)
-        checked, folded = _compare_initializers(onnx_bytes, work, state, out)
+        checked, folded, initializers = _compare_initializers(onnx_bytes, work, state, out)
         sha256 = _publish(onnx_bytes, work, info.external_data, out, overwrite=overwrite)
     notes = [
         f"torch output matched onnxruntime on {len(shapes)} seeded input(s) "
@@ -159,7 +159,7 @@ def export_onnx(
         output=str(out),
         target="onnx",
         source_format=fmt,
-        tensors=info.initializers,
+        tensors=initializers,
         checked=checked,
         bytes_written=len(onnx_bytes),
         sha256=sha256,
@@ -452,8 +452,10 @@ def _compare_outputs(
 
 def _compare_initializers(
     onnx_bytes: bytes, work: Path, state: Mapping[str, np.ndarray[Any, Any]], out: Path
-) -> tuple[int, int]:
-    """Initializers named like a weight must be that weight, bit for bit. -> (checked, folded)."""
+) -> tuple[int, int, int]:
+    """Initializers named like a weight must be that weight, bit for bit.
+
+    -> (checked, weights not found by name, initializers in the main graph)."""
     import onnx
     from onnx import numpy_helper
 
@@ -484,7 +486,7 @@ def _compare_initializers(
                 detail=f"{array.dtype}{array.shape} vs {weight.dtype}{weight.shape}",
             )
         checked += 1
-    return checked, len(state) - checked
+    return checked, len(state) - checked, len(model.graph.initializer)
 
 
 def _publish(
