@@ -155,6 +155,15 @@ def test_overwrite_replaces_only_when_asked(weights: dict[str, Path], tmp_path: 
     _nothing_left(tmp_path, "mlp.onnx")
 
 
+def test_output_over_the_weights_is_refused(weights: dict[str, Path], tmp_path: Path) -> None:
+    target = tmp_path / "w.pt"
+    target.write_bytes(weights["mlp"].read_bytes())
+    with pytest.raises(ConversionError) as info:
+        export_onnx(target, target, model=MLP, input_shapes=[(2, 16)], overwrite=True)
+    assert info.value.rule == "convert.output"
+    assert target.read_bytes() == weights["mlp"].read_bytes()
+
+
 # -- what is refused ----------------------------------------------------------------------------
 def test_malicious_corpus_pickle_is_refused_before_any_export(corpus: Any, tmp_path: Path) -> None:
     """The factory here would fail loudly if it ran (it spawns a process): it never runs."""

@@ -91,7 +91,7 @@ def export_onnx(
         raise UsageError("opset must be an int >= 7", rule="convert.opset")
     out = Path(os.fspath(output))
     name = _name_of(weights)
-    _check_output(out, overwrite=overwrite)
+    _check_output(out, weights, overwrite=overwrite)
     gate = policy_gate(policy, limits, source=weights)
     effective = gate.policy
     if opset is not None and not effective.onnx.opset_min <= opset <= effective.onnx.opset_max:
@@ -253,7 +253,7 @@ def _name_of(weights: object) -> str:
     return "<weights>"
 
 
-def _check_output(out: Path, *, overwrite: bool) -> None:
+def _check_output(out: Path, weights: object, *, overwrite: bool) -> None:
     if not out.parent.is_dir():
         raise ConversionError(
             "output folder does not exist",
@@ -264,6 +264,13 @@ def _check_output(out: Path, *, overwrite: bool) -> None:
     if os.path.lexists(out):
         if out.is_dir() and not out.is_symlink():
             raise ConversionError("output is a folder", path=str(out), rule="convert.output")
+        if isinstance(weights, str | os.PathLike) and _same_file(out, Path(os.fspath(weights))):
+            raise ConversionError(
+                "output is the weights file",
+                path=str(out),
+                rule="convert.output",
+                detail="write the ONNX file next to the weights, not over them",
+            )
         if not overwrite:
             raise ConversionError(
                 "output already exists",
@@ -330,6 +337,13 @@ def _check_format(source: Path, name: str, limits: Limits, policy: Policy) -> No
         raise PolicyViolation(f"refused by policy: format {fmt!r} is not allowed", path=name,
                               rule="formats.allowed",
                               detail=f"allowed: {', '.join(policy.formats.allowed)}")  # fmt: skip
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.samefile(b)
+    except OSError:
+        return False
 
 
 # -- after the worker ------------------------------------------------------------------------
@@ -435,7 +449,7 @@ def _compare_outputs(
     for i, (ort_out, torch_out) in enumerate(zip(got, expected, strict=True)):
         ort_arr = np.asarray(ort_out)
         if ort_arr.shape != torch_out.shape or not np.allclose(
-            ort_arr, torch_out, rtol=_RTOL, atol=_ATOL
+            ort_arr, torch_out, rtol=_RTOL, atol=_ATOL, equal_nan=True
         ):
             worst = (
                 float(np.max(np.abs(ort_arr.astype(np.float64) - torch_out)))
