@@ -96,13 +96,13 @@ worker._preload()
 
 def _imports(repeat: int) -> dict[str, float]:
     """The worker's own start-up (interpreter + imports, no layers) three ways."""
-    from safeload.sandbox import _runner
+    from safeload.sandbox import _forkserver
 
     times: dict[str, list[float]] = {"package": [], "lazy-init": [], "bootstrap": []}
     for _ in range(repeat):
         for how, out in times.items():
             t0 = time.perf_counter()
-            subprocess.run([sys.executable, "-I", "-c", _IMPORTS, how, _runner._BOOTSTRAP],
+            subprocess.run([sys.executable, "-I", "-c", _IMPORTS, how, _forkserver._BOOTSTRAP],
                            check=True)  # fmt: skip
             out.append(time.perf_counter() - t0)
     return {how: statistics.median(v) for how, v in times.items()}

@@ -233,10 +233,10 @@ def test_skipping_layers_is_audited(caplog: pytest.LogCaptureFixture) -> None:
 
 
 def test_worker_environment_holds_no_caller_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
-    from safeload.sandbox._runner import _worker_env
+    from safeload.sandbox._forkserver import worker_env
 
     monkeypatch.setenv("HF_TOKEN", "hf_secret")
-    assert "HF_TOKEN" not in _worker_env()
+    assert "HF_TOKEN" not in worker_env()
 
 
 # --- the result channel ------------------------------------------------------------------------
@@ -323,77 +323,67 @@ def test_worker_refusal_comes_back_as_the_same_error_class(tmp_path: Path) -> No
     assert os.fspath(bad) == info.value.path
 
 
-# --- spare workers ---------------------------------------------------------------------------
+# --- the fork server --------------------------------------------------------------------------
 
 
-def test_prewarmed_worker_runs_the_next_job_and_is_replaced(tmp_path: Path) -> None:
+def test_every_job_is_a_fresh_worker_forked_from_one_server(tmp_path: Path) -> None:
     from safeload.sandbox import _runner, prewarm
 
     model = tmp_path / "model.bin"
     model.write_bytes(b"abc")
     prewarm()
     try:
-        spare = _runner._spare
-        assert spare is not None and spare.usable()
+        server = _runner._server
+        assert server is not None and server.alive()
+        pids = {run_in_sandbox("echo_pid", [], limits=LIMITS).value for _ in range(3)}
+        assert len(pids) == 3 and server.pid not in pids  # single use, never the server itself
         assert attempt("read_own_input", [model]) == {"same": True, "size": 3}
-        _runner._settle()
-        assert _runner._spare is not None and _runner._spare is not spare  # a new spare waits
-        # Every layer is still applied to a job that ran in a spare.
+        assert _runner._server is server  # the same server forked them all
+        # Every layer is applied to each forked worker.
         result = run_in_sandbox("probe", [], limits=LIMITS)
         assert all(r.applied for r in result.layers if r.available)
     finally:
         prewarm(False)
-    assert _runner._spare is None
+    assert _runner._server is None
+    assert attempt("read_own_input", [model])["same"] is True  # the next job starts a new one
 
 
-def test_a_spare_starts_after_first_use_and_is_never_reused(tmp_path: Path) -> None:
+def test_a_dead_fork_server_is_replaced() -> None:
+    import signal
+
     from safeload.sandbox import _runner, prewarm
 
-    model = tmp_path / "model.bin"
-    model.write_bytes(b"abc")
-    prewarm()  # the default; an earlier test may have turned it off
-    _runner._drop_spare()
-    attempt("read_own_input", [model])
-    _runner._settle()
-    first = _runner._spare
-    assert first is not None and first.usable()  # started after the job, waiting for the next
-    attempt("read_own_input", [model])
-    _runner._settle()
-    second = _runner._spare
-    assert second is not None and second is not first and second.usable()
-    assert first.pidfd is None  # the spare that ran a job was closed, not kept
+    prewarm()
+    server = _runner._server
+    assert server is not None
+    os.kill(server.pid, signal.SIGKILL)
+    os.waitpid(server.pid, 0)
+    assert not server.alive()
+    assert run_in_sandbox("probe", [], limits=LIMITS).layers  # a new server answered
+    assert _runner._server is not None and _runner._server is not server
 
 
-def test_a_spare_imports_at_idle_priority_but_its_job_runs_normally() -> None:
-    from safeload.sandbox import _runner, prewarm
-
-    _runner._drop_spare()
-    prewarm()  # at normal priority: the caller asked for a ready worker
-    assert _runner._spare is not None and not _runner._spare.idle
-    run_in_sandbox("echo_scheduler", [], limits=LIMITS)
-    _runner._settle()  # the spare started after a job imports at idle priority where it can
-    spare = _runner._spare
-    assert spare is not None
-    if spare.idle:
-        assert os.sched_getscheduler(spare.pid) == os.SCHED_IDLE
-    result = run_in_sandbox("echo_scheduler", [], limits=LIMITS)
-    assert result.value == os.SCHED_OTHER
-    assert not spare.idle
+def test_exit_status_and_usage_come_back_through_the_server() -> None:
+    """The worker is the server's child: its status (here a CPU-limit kill) still reaches the
+    parent, which names the layer that stopped it."""
+    with pytest.raises(LimitExceededError) as info:
+        run_in_sandbox("attempt_spin", [], limits=LIMITS, cpu_seconds=1, timeout=60)
+    assert info.value.rule == "sandbox.cpu_seconds"
 
 
-def test_a_forked_child_forgets_the_spare() -> None:
+def test_a_forked_child_forgets_the_server() -> None:
     from safeload.sandbox import _runner, prewarm
 
     prewarm()
     try:
-        spare = _runner._spare
-        assert spare is not None
+        server = _runner._server
+        assert server is not None
         pid = os.fork()
         if pid == 0:  # pragma: no cover - the child reports through its exit status only
-            os._exit(0 if _runner._spare is None else 1)
+            os._exit(0 if _runner._server is None else 1)
         _, status = os.waitpid(pid, 0)
         assert os.waitstatus_to_exitcode(status) == 0
-        assert _runner._spare is spare and spare.usable()  # the parent's spare is untouched
+        assert _runner._server is server and server.alive()  # the parent's server is untouched
     finally:
         prewarm(False)
     prewarm()
@@ -436,15 +426,15 @@ def test_lazy_import_scan_finds_every_nested_import() -> None:
         assert nested <= _lazy_imports(module), info.name
 
 
-def test_spare_with_another_environment_is_not_used(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_server_with_another_environment_is_not_used(monkeypatch: pytest.MonkeyPatch) -> None:
     from safeload.sandbox import _runner, prewarm
 
     monkeypatch.delenv("SAFELOAD_SANDBOX_TEST_TASKS")
     prewarm()
     try:
         monkeypatch.setenv("SAFELOAD_SANDBOX_TEST_TASKS", str(TASKS_FILE))
-        assert _runner._spare is not None and not _runner._spare.usable()
-        # The job runs in a fresh worker that has the test tasks, not in the stale spare.
+        assert _runner._server is not None and not _runner._server.alive()
+        # The job runs in a worker of a new server that has the test tasks, not the stale one.
         assert attempt("attempt_signal_self")["blocked"] is False
     finally:
         prewarm(False)

@@ -140,9 +140,9 @@ def echo_modules(ctx: TaskContext) -> Outcome:
     return sorted(sys.modules), {}
 
 
-def echo_scheduler(ctx: TaskContext) -> Outcome:
-    """The scheduling policy the job runs under (a spare imports at SCHED_IDLE, never runs so)."""
-    return os.sched_getscheduler(0), {}
+def echo_pid(ctx: TaskContext) -> Outcome:
+    """The worker's own pid (as its parent, the fork server, sees it: pid namespaces stay off)."""
+    return os.getpid(), {}
 
 
 def echo_crash(ctx: TaskContext) -> Outcome:

@@ -101,9 +101,12 @@ def main() -> None:
     # also be importable as top-level modules, a second copy of each.
     sys.path[:] = [p for p in sys.path if p and Path(p).resolve() != here]
     bare_packages(here.parent)
-    from safeload.sandbox._worker import main as worker_main
+    from safeload.sandbox import _worker
 
-    worker_main()
+    if sys.argv[1:] == ["--fork-server"]:
+        _worker.serve()
+    else:
+        _worker.main()
 
 
 if __name__ == "__main__":

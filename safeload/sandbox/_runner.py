@@ -1,12 +1,12 @@
-"""The parent side: start a worker, hold the deadline, read its reply as untrusted input.
+"""The parent side: get a worker, hold the deadline, read its reply as untrusted input.
 
-The worker is a fresh ``python -I`` started with ``posix_spawn`` (no fork of the caller, so no
-inherited locks, threads, or secrets in memory) in its own session, so the deadline can kill
-the whole group. Its only inputs are descriptors: a socket carrying the request and the
-already-open input files, and memfds for the log, the reply and the result. Everything that
-comes back is checked before use: the reply is bounded JSON whose error types come from a fixed
-list, and the result goes through :func:`safeload.sandbox._transport.decode_result`. Each
-process keeps at most one spare worker (see :func:`prewarm`).
+Each job gets a fresh worker forked from the fork server (:mod:`._forkserver`: a ``python -I``
+started with ``posix_spawn``, never a fork of the caller, so no inherited locks, threads, or
+secrets in memory), in its own session, so the deadline can kill the whole group. Its only
+inputs are descriptors: a socket carrying the request and the already-open input files, and
+memfds for the log, the reply and the result. Everything that comes back is checked before use:
+the reply is bounded JSON whose error types come from a fixed list, and the result goes through
+:func:`safeload.sandbox._transport.decode_result`.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import stat
 import sys
 import threading
 import time
+import types
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -33,12 +34,9 @@ from typing import Any, Literal
 from safeload import errors
 from safeload.errors import LimitExceededError, SafeloadError, SandboxError, SourceError
 from safeload.policy import Limits
-from safeload.sandbox import _layers, _transport, _worker
+from safeload.sandbox import _forkserver, _layers, _transport, _worker
 from safeload.sandbox._layers import LayerReport
 from safeload.sandbox._rlimits import RlimitPlan
-
-if sys.platform != "win32":  # the sandbox is Linux-only; importing safeload is not
-    import fcntl
 
 __all__ = [
     "SandboxInput",
@@ -58,8 +56,6 @@ _BASE_ADDRESS_SPACE = 2 * _GiB  # interpreter + numpy + safetensors, with room f
 _MAX_REPLY = 1 << 20
 _LOG_TAIL = 2000
 DEFAULT_TIMEOUT = 600.0
-_BOOTSTRAP = str(Path(__file__).resolve().with_name("_bootstrap.py"))
-"""The worker's entry script: imports only what the worker uses (see ``_bootstrap``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,10 +71,9 @@ class SandboxResult:
     layers: tuple[LayerReport, ...]
     """One report per layer, in the order the worker applied them."""
     worker_max_rss: int
-    """The worker's peak resident set, in bytes, from ``wait4`` (not from the worker); 0 when
-    the worker said it was done and was let go without waiting for its exit. It is at least
-    the *parent's* peak when the worker was spawned: ``posix_spawn`` shares the parent's
-    address space until ``exec`` and the kernel carries its peak over."""
+    """The worker's peak resident set, in bytes, from ``wait4`` in the fork server (whose
+    child it is); 0 when the worker said it was done and was let go without waiting for its
+    exit. It counts pages shared with the fork server that the worker touched."""
     seconds: float
     """Wall time from spawn to a validated result."""
     worker_memory: Mapping[str, int] = field(default_factory=dict)
@@ -194,22 +189,6 @@ def _input_entry(item: Path | SandboxInput) -> dict[str, Any]:
     return entry
 
 
-def _worker_env() -> dict[str, str]:
-    # Nothing from the caller's environment but what tests set on purpose: no tokens, no proxies.
-    env = {
-        "PATH": os.defpath,
-        "LANG": "C.UTF-8",
-        "OPENBLAS_NUM_THREADS": "1",
-        "OMP_NUM_THREADS": "1",
-        "MKL_NUM_THREADS": "1",
-        "MALLOC_ARENA_MAX": "2",
-    }
-    extra = os.environ.get(_worker.TEST_TASKS_ENV)
-    if extra:
-        env[_worker.TEST_TASKS_ENV] = extra
-    return env
-
-
 @contextlib.contextmanager
 def _closing(fds: list[int]) -> Iterator[list[int]]:
     try:
@@ -221,58 +200,29 @@ def _closing(fds: list[int]) -> Iterator[list[int]]:
 
 
 class _Worker:
-    """One spawned, fully imported worker waiting on its socket for exactly one job."""
+    """One forked worker waiting on its socket for exactly one job."""
 
-    def __init__(self, *, idle: bool = False) -> None:
-        self.env = _worker_env()
+    def __init__(self) -> None:
         self.owner = os.getpid()
-        self.idle = idle
         self.pidfd: int | None = None
         self.sock, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.status, status_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self.log_fd: int | None = _memfd("log")
         self.reply_fd: int | None = _memfd("reply")
         self.result_fd: int | None = _memfd("result", sealable=True)
-        slots = [child_end.fileno(), self.log_fd, self.log_fd, self.reply_fd, self.result_fd]
-        # Move every source above the target range first: dup2(fd, fd) would keep CLOEXEC set.
-        high = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 64) for fd in slots]
+        fds = [child_end.fileno(), self.log_fd, self.reply_fd, self.result_fd, status_end.fileno()]
         try:
-            actions: list[tuple[Any, ...]] = [
-                (os.POSIX_SPAWN_DUP2, h, i) for i, h in enumerate(high)
-            ]
-            actions.append((os.POSIX_SPAWN_DUP2, high[_worker.FD_LOG], 1))
-            argv = [sys.executable, "-I", _BOOTSTRAP]
-            self.pid = os.posix_spawn(sys.executable, argv, self.env, file_actions=actions,
-                                      setsid=True)  # fmt: skip
-        except OSError as exc:
+            self.pid, self.pidfd = _fork_worker(fds)
+        except BaseException:
             self.close()
-            raise SandboxError("could not start the sandbox worker", rule="sandbox.spawn",
-                               detail=str(exc)) from exc  # fmt: skip
+            raise
         finally:
-            for fd in high:
-                os.close(fd)
             child_end.close()
-        self.pidfd = os.pidfd_open(self.pid)
-        if idle:  # posix_spawn's scheduler attribute knows no SCHED_IDLE; set it from here
-            try:
-                os.sched_setscheduler(self.pid, os.SCHED_IDLE, os.sched_param(0))
-            except OSError as exc:
-                _log.debug("spare worker keeps normal priority: %s", exc)
-                self.idle = False
-
-    def wake(self) -> bool:
-        """Back to normal scheduling before its job (a spare imports at ``SCHED_IDLE``)."""
-        if self.idle:
-            try:
-                os.sched_setscheduler(self.pid, os.SCHED_OTHER, os.sched_param(0))
-            except OSError as exc:
-                _log.debug("cannot restore the spare worker's priority: %s", exc)
-                return False
-            self.idle = False
-        return True
+            status_end.close()
 
     def usable(self) -> bool:
-        """Still waiting, in this process, with the environment a fresh one would get."""
-        if self.owner != os.getpid() or self.env != _worker_env() or self.pidfd is None:
+        """Still waiting for its job, and ours (not a copy inherited through fork)."""
+        if self.owner != os.getpid() or self.pidfd is None:
             return False
         poller = select.poll()
         poller.register(self.pidfd, select.POLLIN)
@@ -286,7 +236,7 @@ class _Worker:
             socket.send_fds(self.sock, [request], list(fds))
             self.sock.shutdown(socket.SHUT_WR)  # our side stays open to hear DONE
         except OSError as exc:
-            # A worker that died before its job (a failed import) left a reply saying why;
+            # A worker that died before its job left a reply saying why (or an exit status);
             # waiting for it reports that instead of a broken pipe.
             _log.debug("sandbox worker did not take its job: %s", exc)
 
@@ -295,70 +245,71 @@ class _Worker:
 
         DONE (after the reply is written) lets the parent go on while the kernel tears down
         the worker's address space (tens of milliseconds for a big mapped input): the worker
-        is killed and reaped on a thread, and the status is reported as 0 with no rusage.
+        is killed, the fork server reaps it, and the status is reported as 0 with no rusage.
         Nothing is lost by not waiting: the result memfd is sealed before it is read, so a
         worker that lied about being done can no longer change it. Past the deadline the
-        whole session is killed.
+        whole session is killed. The exit status and ``wait4`` usage come from the fork
+        server (the worker is its child), on the job's own status socket.
         """
-        assert self.pidfd is not None
         deadline = time.monotonic() + timeout
         poller = select.poll()
-        poller.register(self.pidfd, select.POLLIN)
+        poller.register(self.status, select.POLLIN)
         poller.register(self.sock, select.POLLIN)
-        exited = False
-        while not exited:
+        while True:
             left = deadline - time.monotonic()
             events = dict(poller.poll(max(0, int(left * 1000)))) if left > 0 else {}
             if not events:
                 break
-            exited = self.pidfd in events
-            if not exited and self.sock.fileno() in events:
-                try:
-                    said = self.sock.recv(16)
-                except OSError:
-                    said = b""
-                if said == _worker.DONE:
-                    self._let_go()
-                    return 0, None, False
-                poller.unregister(self.sock)  # end of file or noise: wait for the exit
-        timed_out = not exited
-        if timed_out:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.pid, signal.SIGKILL)
+            if self.status.fileno() in events:
+                return (*self._exit_status(), False)
+            try:
+                said = self.sock.recv(16)
+            except OSError:
+                said = b""
+            if said == _worker.DONE:
+                self._let_go()
+                return 0, None, False
+            poller.unregister(self.sock)  # end of file or noise: wait for the exit
+        self._kill()
+        return (*self._exit_status(), True)
+
+    def _exit_status(self) -> tuple[int, Any]:
+        self.status.settimeout(_REAP_TIMEOUT)
         try:
-            _, status, usage = os.wait4(self.pid, 0)
-        except ChildProcessError as exc:  # SIGCHLD ignored: the exit status is lost; fail closed
+            facts = json.loads(self.status.recv(4096))
+            usage = types.SimpleNamespace(
+                ru_utime=float(facts["utime"]), ru_stime=float(facts["stime"]),
+                ru_maxrss=int(facts["maxrss"]),
+            )  # fmt: skip
+            return int(facts["status"]), usage
+        except (OSError, ValueError, KeyError, TypeError) as exc:
             raise SandboxError(
                 "cannot collect the sandbox worker's exit status",
                 rule="sandbox.crash",
-                detail="is SIGCHLD set to SIG_IGN in this process?",
+                detail=f"the fork server did not report it: {exc}",
             ) from exc
-        return status, usage, timed_out
+
+    def _kill(self) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.pid, signal.SIGKILL)  # its session: anything it started goes too
+        self._let_go()
 
     def _let_go(self) -> None:
-        """Kill a worker that has answered (it only had to exit) and reap it off our path."""
-        assert self.pidfd is not None
-        with contextlib.suppress(OSError):
-            signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
-
-        def reap(pid: int = self.pid) -> None:
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(pid, 0)
-
-        threading.Thread(target=reap, name="safeload-sandbox-reap", daemon=True).start()
-
-    def discard(self) -> None:
-        """Let an unused spare go at once: it holds no input, so killing it loses nothing."""
-        self.sock.close()
-        if self.owner == os.getpid() and self.pidfd is not None:
+        """Kill a worker that has answered (it only had to exit); the fork server reaps it."""
+        if self.pidfd is not None:
             with contextlib.suppress(OSError):
                 signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(self.pid, 0)
+
+    def discard(self) -> None:
+        """Let an unused worker go at once: it holds no input, so killing it loses nothing."""
+        self.sock.close()
+        if self.owner == os.getpid():
+            self._let_go()
         self.close()
 
     def close(self) -> None:
         self.sock.close()
+        self.status.close()
         for fd in (self.log_fd, self.reply_fd, self.result_fd, self.pidfd):
             if fd is not None:
                 with contextlib.suppress(OSError):
@@ -366,95 +317,67 @@ class _Worker:
         self.log_fd = self.reply_fd = self.result_fd = self.pidfd = None
 
 
-_spare: _Worker | None = None
-_spare_lock = threading.Lock()
-_keep_warm = True
+_REAP_TIMEOUT = 10.0
+"""Seconds to wait for the fork server's report of a worker's exit after it ended."""
+
+_server: _forkserver.ForkServer | None = None
+_server_lock = threading.Lock()
+
+
+def _fork_worker(fds: list[int]) -> tuple[int, int]:
+    """A new worker from the fork server (started, or restarted once, as needed)."""
+    global _server
+    for attempt in (1, 2):
+        with _server_lock:
+            if _server is not None and not _server.alive():
+                _server.stop()
+                _server = None
+            if _server is None:
+                _server = _forkserver.ForkServer()
+            server = _server
+        try:
+            return server.fork(fds)
+        except SandboxError:
+            if attempt == 2 or server.alive():
+                raise  # a live server that cannot fork: say so, do not loop
+    raise AssertionError("unreachable")
 
 
 def prewarm(keep: bool = True) -> None:
-    """Start the spare worker now (``keep=True``), or stop keeping one (``keep=False``).
+    """Start the fork server now (``keep=True``), or stop it (``keep=False``).
 
-    Workers are single-use: one that parsed a file never gets another. To keep sequential
-    jobs from paying interpreter start-up, each process keeps at most one *spare*: started
-    right after a job finishes (at ``SCHED_IDLE`` where its priority can be restored, so it
-    does not compete with the caller) or now by this call (at normal priority), fully imported,
-    holding no input and no layer yet; the next job takes it and a new spare starts after
-    that job. ``prewarm(False)`` kills the spare and stops keeping one (``prewarm()`` turns it
-    back on). A spare is only
-    used by the process that started it and only while the environment a fresh worker would
-    get is unchanged; it is killed at exit, and a forked child forgets it.
+    The first sandboxed job of a process starts the server (an interpreter importing NumPy and
+    the readers, about 0.15 s of CPU); every job after that forks a fresh worker from it in a
+    few milliseconds. Call ``prewarm()`` at start-up to take that first cost off the first
+    load. ``prewarm(False)`` ends the server now (the next job starts a new one). The server is
+    used only by the process that started it and only while the environment a worker would
+    get is unchanged; it is stopped at exit, and a forked child forgets it.
     """
-    global _keep_warm
-    with _spare_lock:
-        _keep_warm = keep
+    global _server
+    with _server_lock:
         if not keep:
-            _drop_locked()
+            if _server is not None:
+                _server.stop()
+            _server = None
             return
-        _replenish_locked(idle=False)  # asked for now: start at normal priority
-
-
-def _drop_locked() -> None:
-    global _spare
-    if _spare is not None:
-        _spare.discard()
-    _spare = None
-
-
-_idle_spares: bool | None = None
-"""Whether spares import at ``SCHED_IDLE`` (None: not known yet, see :func:`_idle_allowed`)."""
-
-
-def _idle_allowed() -> bool:
-    """Can we put a spare back to normal priority later? Only then may it start idle.
-
-    Leaving ``SCHED_IDLE`` needs ``CAP_SYS_NICE`` or an ``RLIMIT_NICE`` that allows nice 0.
-    A guess that proves wrong (a root without the capability) is learnt from the first
-    failed :meth:`_Worker.wake`; that spare is discarded, never run at idle priority.
-    """
-    if _idle_spares is not None:
-        return _idle_spares
-    if not hasattr(os, "SCHED_IDLE"):
-        return False
-    import resource
-
-    soft = resource.getrlimit(resource.RLIMIT_NICE)[0]
-    return os.geteuid() == 0 or soft == resource.RLIM_INFINITY or soft >= 21
-
-
-def _replenish_locked(*, idle: bool) -> None:
-    global _spare
-    if _spare is not None and not _spare.usable():
-        _drop_locked()
-    if _spare is None and _keep_warm:
-        try:
-            _spare = _Worker(idle=idle and _idle_allowed())
-        except SandboxError as exc:  # no spare is a slower next job, never a failed one
-            _log.debug("could not start a spare sandbox worker: %s", exc)
+        if _server is not None and not _server.alive():
+            _server.stop()
+            _server = None
+        if _server is None:
+            _server = _forkserver.ForkServer()
 
 
 def _take_worker() -> _Worker:
-    global _spare, _idle_spares
-    with _spare_lock:
-        worker, _spare = _spare, None
-        if _replenisher is not None:  # a spare due later would start during this job: not now
-            _replenisher.cancel()
-    if worker is not None and not worker.usable():
-        worker.discard()
-        worker = None
-    if worker is not None and not worker.wake():
-        _idle_spares = False  # never again: a job must not run at idle priority
-        worker.discard()
-        worker = None
-    return worker or _Worker()
+    return _Worker()
 
 
 class WorkerSlot:
-    """A worker taken (or spawned) *before* the caller prepares its inputs.
+    """A worker forked *before* the caller prepares its inputs.
 
     ``safeload.load`` takes one, then reads the file into its own memory while the worker
-    starts (interpreter and imports on the other core), then hands both to
-    :func:`run_in_sandbox`. A slot that was never used is discarded on exit: its worker saw
-    no input and never gets one.
+    gets ready (and, for a process's first job, while the fork server starts on the other
+    core), then hands both to :func:`run_in_sandbox`. A slot that was never used is discarded
+    on exit: its worker saw no input and never gets one.
     """
 
     def __init__(self) -> None:
@@ -475,72 +398,22 @@ class WorkerSlot:
             worker.discard()
 
 
-SPARE_DELAY = 1.0
-"""Seconds between a job's end and its spare's start: the caller's own work on the result
-(copying it into a model...) comes first. Back-to-back jobs would find the spare still
-importing anyway, so they lose little."""
-
-
-def _replenish() -> None:
-    """After a job: start the next spare soon, on a timer thread (off the caller's path).
-
-    The lock bounds it to one spare however many jobs end; a job that starts first cancels
-    the timer and schedules its own.
-    """
-    global _replenisher
-
-    def start() -> None:
-        with _spare_lock:
-            # At SCHED_IDLE: the spare only takes CPU nobody else wants, so it does not slow the
-            # caller's own work on the result it just got (it is woken for its job).
-            _replenish_locked(idle=True)
-
-    with _spare_lock:
-        if _replenisher is not None:
-            _replenisher.cancel()
-        _replenisher = threading.Timer(SPARE_DELAY, start)
-        _replenisher.name = "safeload-sandbox-spare"
-        _replenisher.daemon = True
-        _replenisher.start()
-
-
-_replenisher: threading.Timer | None = None
-
-
-def _settle() -> None:
-    """Wait until the spare due after the last job is spawned (tests, benchmarks)."""
-    timer = _replenisher
-    if timer is not None:
-        timer.join()
-
-
 @atexit.register
 def _at_exit() -> None:
-    global _keep_warm
-    with _spare_lock:
-        _keep_warm = False  # a replenishing timer that has not fired yet starts nothing
-        if _replenisher is not None:
-            _replenisher.cancel()
-        _drop_locked()
+    prewarm(False)
 
 
-def _drop_spare() -> None:
-    with _spare_lock:
-        _drop_locked()
-
-
-def _forget_spare_in_child() -> None:
-    """After fork, in the child: the spare belongs to the parent; close our copies, no kill."""
-    global _spare, _spare_lock, _replenisher
-    _spare_lock = threading.Lock()  # another thread may have held it at fork time
-    _replenisher = None
-    if _spare is not None:
-        _spare.close()
-    _spare = None
+def _forget_server_in_child() -> None:
+    """After fork, in the child: the server belongs to the parent; close our copies, no kill."""
+    global _server, _server_lock
+    _server_lock = threading.Lock()  # another thread may have held it at fork time
+    if _server is not None:
+        _server.forget()
+    _server = None
 
 
 if sys.platform == "linux":
-    os.register_at_fork(after_in_child=_forget_spare_in_child)
+    os.register_at_fork(after_in_child=_forget_server_in_child)
 
 
 def _raise_for_status(status: int, usage: Any, timed_out: bool, plan: RlimitPlan, log: str) -> None:
@@ -727,6 +600,9 @@ def run_in_sandbox(
         first = str(inputs[0])
     with _closing(opened):
         worker = (slot.take() if slot is not None else None) or _take_worker()
+        if not worker.usable():  # died waiting (killed from outside): one fresh try
+            worker.discard()
+            worker = _take_worker()
         maps = _transport.InputMaps(input_fds, buffers)
         stop = threading.Event()
         prefetch = threading.Thread(target=maps.prefetch, args=(stop,), daemon=True,
@@ -761,8 +637,6 @@ def run_in_sandbox(
             )
         finally:
             worker.close()
-            if task != "probe":  # a diagnostic (doctor) is not a load that others will follow
-                _replenish()
     return SandboxResult(
         value=value,
         tensors=tensors,

@@ -35,13 +35,15 @@ import mmap
 import os
 import pkgutil
 import re
+import select
 import socket
+import struct
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 
@@ -59,6 +61,7 @@ __all__ = [
     "TASKS",
     "TaskContext",
     "main",
+    "serve",
 ]
 
 FD_REQUEST = 0
@@ -400,10 +403,11 @@ def _run(request: dict[str, Any], reports: list[_layers.LayerReport]) -> dict[st
     return {"ok": True, "memory": _memory(status_fd)}
 
 
-def main() -> None:
+def _answer(first: Callable[[], None]) -> NoReturn:
+    """Do ``first`` (the imports), take the one request, reply, say DONE, exit."""
     reports: list[_layers.LayerReport] = []
     try:
-        _preload()  # before the request: a spare worker is ready when the job arrives
+        first()
         request = _read_request()
         reply = _run(request, reports)
     except SafeloadError as exc:
@@ -429,6 +433,89 @@ def main() -> None:
     with contextlib.suppress(OSError):  # the parent need not wait for our address space to go
         os.write(FD_REQUEST, DONE)
     os._exit(0)
+
+
+def main() -> None:
+    """One worker, spawned for one job (``python -I _bootstrap.py``)."""
+    _answer(_preload)  # before the request: a spare worker is ready when the job arrives
+
+
+FORK = b"fork"
+"""What the parent sends the fork server, with the new worker's five descriptors."""
+_MAX_FD = 1 << 16
+
+
+def _become_worker(fds: list[int], failure: BaseException | None) -> NoReturn:
+    """In a child of the fork server: take the job's descriptors at 0-4, drop every other."""
+    try:
+        os.setsid()  # its own session: the parent's deadline kills the whole group
+        job, log, reply, result = fds[:4]
+        slots = [job, log, log, reply, result]
+        high = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, FIRST_INPUT_FD) for fd in slots]
+        for target, fd in enumerate(high):
+            os.dup2(fd, target)  # dup2 clears close-on-exec on the target
+        os.closerange(FIRST_INPUT_FD, _MAX_FD)  # the server's socket, other jobs' descriptors
+    except BaseException:  # noqa: BLE001 - nothing to answer on: the parent sees the exit
+        os._exit(70)
+
+    def replay() -> None:
+        if failure is not None:
+            raise failure  # the server's imports failed: every job says why
+
+    _answer(replay)
+
+
+def serve() -> None:
+    """The fork server (``python -I _bootstrap.py --fork-server``): import once, fork per job.
+
+    It never reads a model byte: it holds the imports, and for each ``FORK`` message on fd 0
+    (with a job socket, log, reply, result and status descriptor) forks a child that becomes a
+    fresh single-use worker at fds 0-4, then sends the parent the child's pid and a pidfd for
+    it. It reaps each child itself and writes ``{"status", "utime", "stime", "maxrss"}`` (from
+    ``wait4``) on that job's status socket. End of file on fd 0 (the parent closed it or died)
+    ends the server; running workers are the parent's to kill.
+    """
+    failure: BaseException | None = None
+    try:
+        _preload()
+    except Exception as exc:  # noqa: BLE001 - reported by each job, as a spawned worker would
+        failure = exc
+    ctl = socket.socket(fileno=FD_REQUEST)
+    poller = select.poll()
+    poller.register(ctl, select.POLLIN)
+    children: dict[int, tuple[int, int]] = {}  # pidfd -> (pid, status descriptor)
+    while True:
+        for fd, _events in poller.poll():
+            if fd != ctl.fileno():
+                pid, status_fd = children.pop(fd)
+                poller.unregister(fd)
+                os.close(fd)
+                _, status, usage = os.wait4(pid, 0)
+                facts = {"status": status, "utime": usage.ru_utime, "stime": usage.ru_stime,
+                         "maxrss": usage.ru_maxrss}  # fmt: skip
+                with contextlib.suppress(OSError):  # the parent stopped listening: fine
+                    os.write(status_fd, json.dumps(facts).encode())
+                os.close(status_fd)
+                continue
+            try:
+                msg, fds, _flags, _addr = socket.recv_fds(ctl, 64, 8)
+            except OSError:
+                msg, fds = b"", []
+            if not msg:
+                os._exit(0)
+            if msg != FORK or len(fds) != 5:
+                for extra in fds:
+                    os.close(extra)
+                continue
+            pid = os.fork()
+            if pid == 0:
+                _become_worker(fds, failure)
+            for job_fd in fds[:4]:
+                os.close(job_fd)
+            pidfd = os.pidfd_open(pid)
+            children[pidfd] = (pid, fds[4])
+            poller.register(pidfd, select.POLLIN)
+            socket.send_fds(ctl, [struct.pack("<q", pid)], [pidfd])
 
 
 if __name__ == "__main__":
