@@ -13,7 +13,15 @@ import subprocess
 import torch
 from torch import nn
 
-__all__ = ["mlp", "opens_socket", "small_cnn", "spawns_process", "writes_outside"]
+__all__ = [
+    "drifting",
+    "hogs_memory",
+    "mlp",
+    "opens_socket",
+    "small_cnn",
+    "spawns_process",
+    "writes_outside",
+]
 
 
 def small_cnn() -> nn.Module:
@@ -75,3 +83,10 @@ class _Drifting(nn.Module):
 def drifting() -> nn.Module:
     """A model whose export is not what ran: the ORT comparison must catch it."""
     return _Drifting()
+
+
+def hogs_memory() -> nn.Module:
+    """Asks for far more memory than the worker's address-space limit allows."""
+    hoard = bytearray(64 << 30)
+    del hoard
+    return mlp()

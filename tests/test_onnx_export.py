@@ -26,6 +26,7 @@ from safeload.convert._onnx_export import export_onnx  # noqa: E402
 from safeload.errors import (  # noqa: E402
     ConversionError,
     FormatError,
+    LimitExceededError,
     PolicyViolation,
     RefusedError,
     SandboxError,
@@ -211,6 +212,20 @@ def test_misbehaving_factory_is_stopped_by_the_sandbox(
     assert info.value.rule == rule
     assert "stopped by the sandbox" in info.value.message and word in (info.value.detail or "")
     assert not Path("/tmp/safeload-onnx-export-escape").exists()
+    _nothing_left(tmp_path)
+
+
+def test_memory_hog_is_stopped_by_the_address_space_limit(
+    weights: dict[str, Path], tmp_path: Path
+) -> None:
+    with pytest.raises(LimitExceededError) as info:
+        export_onnx(
+            weights["mlp"],
+            tmp_path / "m.onnx",
+            model="tests._onnx_models:hogs_memory",
+            input_shapes=[(2, 16)],
+        )
+    assert info.value.rule == "sandbox.memory_bytes"
     _nothing_left(tmp_path)
 
 

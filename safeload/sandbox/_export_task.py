@@ -47,8 +47,8 @@ def _sandboxed(step: str) -> Iterator[None]:
     """Name the layer that stopped the caller's code, instead of a bare OSError."""
     try:
         yield
-    except SafeloadError:
-        raise
+    except (SafeloadError, MemoryError, RecursionError):
+        raise  # refusals as they are; the worker reports the last two as limits
     except OSError as exc:
         if exc.errno == errno.EPERM:
             raise SandboxError(
