@@ -369,3 +369,17 @@ def test_facenet_real_checkpoints(
         assert isinstance(want, dict)
         _assert_same(st.load_file(tmp_path / (p.stem + ".safetensors")), want)
         assert report.source_format == "torch_legacy" and report.checked == len(want)
+
+
+def test_policy_audit_log_records_the_conversion(tmp_path: Path) -> None:
+    src = tmp_path / "m.pt"
+    torch.save({"w": torch.ones(2)}, src)
+    log = tmp_path / "audit.jsonl"
+    report = safeload.to_safetensors(
+        src, tmp_path / "m.safetensors", policy=Policy(audit_log=str(log))
+    )
+    events = [json.loads(line) for line in log.read_text().splitlines()]
+    converts = [e for e in events if e["event"] == "convert"]
+    assert len(converts) == 1
+    assert converts[0]["sha256"] == report.sha256 and converts[0]["path"] == str(src)
+    assert converts[0]["output"] == str(tmp_path / "m.safetensors")

@@ -98,11 +98,30 @@ def to_safetensors(
     flat = _flatten(value, name=name, is_tensor=_tensor_test(framework))
     del value
     written, metadata = _prepare(flat, framework)
+    sandbox_layers = _layers() if sandboxed else ()
+
+    def record(size: int, sha256: str) -> None:
+        # Before the output gets its name: a policy audit_log that cannot be appended to
+        # fails the conversion (as it fails a load) instead of leaving an unrecorded file.
+        audit_event(
+            "convert",
+            gate.policy,
+            path=name,
+            output=str(out),
+            target="safetensors",
+            format=fmt,
+            sha256=sha256,
+            bytes=size,
+            tensors=len(written),
+            sandboxed=sandboxed,
+            layers=list(sandbox_layers),
+            notes=list(flat.notes),
+        )
+
     size, sha256 = _write_checked(
-        written, metadata, flat.tensors, out,
-        framework=framework, limits=gate.limits, overwrite=overwrite, progress=progress,
+        written, metadata, flat.tensors, out, framework=framework, limits=gate.limits,
+        overwrite=overwrite, progress=progress, before_publish=record,
     )  # fmt: skip
-    layers = _layers() if sandboxed else ()
     report = ConversionReport(
         source=name,
         output=str(out),
@@ -113,21 +132,9 @@ def to_safetensors(
         bytes_written=size,
         sha256=sha256,
         sandboxed=sandboxed,
-        layers=layers,
+        layers=sandbox_layers,
         seconds=time.monotonic() - started,
         notes=tuple(flat.notes),
-    )
-    audit_event(
-        "convert",
-        gate.policy,
-        path=name,
-        output=str(out),
-        target="safetensors",
-        format=fmt,
-        sha256=sha256,
-        tensors=report.tensors,
-        sandboxed=sandboxed,
-        notes=list(report.notes),
     )
     logger.debug("converted %s to %s: %d tensors checked", name, out, report.checked)
     return report
@@ -167,7 +174,8 @@ def _check_output(out: Path, source: object, *, overwrite: bool) -> None:
     if stat.S_ISDIR(st.st_mode):
         raise ConversionError("output is a folder", path=str(out), rule="convert.output",
                               detail="name the .safetensors file to write")  # fmt: skip
-    if isinstance(source, (str, os.PathLike)) and _same_file(out, Path(os.fspath(source))):
+    name = _name_of(source)
+    if name and _same_file(out, Path(name)):
         raise ConversionError(
             "output is the input file", path=str(out), rule="convert.output",
             detail="write the safetensors file next to the checkpoint, not over it",
@@ -479,10 +487,12 @@ def _write_checked(
     limits: Limits,
     overwrite: bool,
     progress: Progress | None,
+    before_publish: Callable[[int, str], None],
 ) -> tuple[int, str]:
     """Write to a temporary file, read it back and compare, then give it its name.
 
-    Returns ``(size, sha256)`` of exactly the bytes that were compared.
+    Returns ``(size, sha256)`` of exactly the bytes that were compared; ``before_publish``
+    gets them once the check passed, and can still stop the output from appearing.
     """
     fd, tmp = _create_temp(out.parent, out.name)
     done = False
@@ -508,6 +518,7 @@ def _write_checked(
             digest = pool.submit(lambda: hashlib.sha256(view).hexdigest())
             _check(view, written, metadata, originals, out, framework, limits, progress)
             sha256 = digest.result()
+        before_publish(size, sha256)
         _publish(tmp, out, overwrite=overwrite)
         done = True
     finally:
@@ -566,19 +577,22 @@ def _check(
     progress: Progress | None,
 ) -> None:
     """Read the output back with safeload's reader and compare every tensor's raw bytes."""
-    import safeload
+    from safeload.formats import Format, read
 
     def differ(detail: str) -> ConversionError:
         return ConversionError("the written file does not match the input", path=str(out),
                                rule="convert.check", detail=detail)  # fmt: skip
 
-    # Our own output, read in-process under the default policy: the caller's policy governs
-    # the untrusted input, and its pins or sandbox mode are not about this file.
+    # Our own output, read in-process by the reader ``safeload.load`` uses for safetensors,
+    # under the same limits. Not through ``load`` itself: the caller's policy governs the
+    # untrusted input, and a policy decision (and audit line) about our temp file is noise.
     try:
-        back = safeload.load(view, framework=framework, limits=limits, policy=Policy(),
-                             sandbox=False)  # fmt: skip
+        result = read(view, name=str(out), limits=limits, framework=framework)
     except SafeloadError as exc:
         raise differ(f"safeload cannot read it back: {exc.diagnostics()}") from None
+    back = result.value
+    if result.format is not Format.SAFETENSORS or result.wrappers:
+        raise differ(f"it reads back as {result.format.value}, not safetensors")
     if not isinstance(back, dict) or set(back) != set(written):
         raise differ("tensor names differ")
     header_len = int.from_bytes(view[:8], "little")
