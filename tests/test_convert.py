@@ -383,3 +383,45 @@ def test_policy_audit_log_records_the_conversion(tmp_path: Path) -> None:
     assert len(converts) == 1
     assert converts[0]["sha256"] == report.sha256 and converts[0]["path"] == str(src)
     assert converts[0]["output"] == str(tmp_path / "m.safetensors")
+
+
+def test_numpy_arrays_convert_bit_exactly(tmp_path: Path, no_torch_load: None) -> None:
+    import numpy as np
+
+    arrays = {
+        "a": np.arange(4, dtype=np.float32),
+        "b": np.full((2, 2), -3, dtype=np.int8),
+        "h": np.array([np.nan, -0.0, 1.5], dtype=np.float16),
+    }
+    np.savez(tmp_path / "arrays.npz", **arrays)
+    torch.save({"np": np.arange(5, dtype=np.float64), "w": torch.ones(2)}, tmp_path / "mixed.pt")
+    report = safeload.to_safetensors(tmp_path / "arrays.npz", tmp_path / "arrays.safetensors")
+    assert report.source_format == "npz"
+    _assert_same(
+        st.load_file(tmp_path / "arrays.safetensors"),
+        {k: torch.from_numpy(v) for k, v in arrays.items()},
+    )
+    safeload.to_safetensors(tmp_path / "mixed.pt", tmp_path / "mixed.safetensors")
+    got = st.load_file(tmp_path / "mixed.safetensors")
+    assert torch.equal(got["np"], torch.arange(5, dtype=torch.float64))
+
+
+def test_works_without_torch(tmp_path: Path) -> None:
+    import subprocess
+
+    src = tmp_path / "m.pt"
+    torch.save({"model": {"w": torch.arange(6.0).reshape(2, 3), "b": torch.ones(2).half()}}, src)
+    code = (
+        "import sys\n"
+        "sys.modules['torch'] = None  # as if torch were not installed\n"
+        "import safeload\n"
+        f"r = safeload.to_safetensors({str(src)!r}, {str(tmp_path / 'np.safetensors')!r})\n"
+        "print(r.tensors, r.checked, r.source_format)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["2", "2", "torch_zip"]
+    _assert_same(
+        st.load_file(tmp_path / "np.safetensors"),
+        {"w": torch.arange(6.0).reshape(2, 3), "b": torch.ones(2).half()},
+    )

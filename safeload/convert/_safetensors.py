@@ -97,6 +97,8 @@ def to_safetensors(
         fmt = _source_format(source, name, gate.limits)
     flat = _flatten(value, name=name, is_tensor=_tensor_test(framework))
     del value
+    if framework == "torch":
+        _arrays_to_torch(flat, name)
     written, metadata = _prepare(flat, framework)
     sandbox_layers = _layers() if sandboxed else ()
 
@@ -213,6 +215,10 @@ def _source_format(source: object, name: str, limits: Limits) -> str:
     buffer_fn = getattr(source, "buffer", None)
     if callable(buffer_fn):
         return detect(memoryview(buffer_fn()).cast("B"), name=name, limits=limits).format.value
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return detect(memoryview(source).cast("B"), name=name, limits=limits).format.value
+    if not isinstance(source, (str, os.PathLike)):
+        return "unknown"  # a file object: the loader consumed it
     with _mapped(Path(name), writable=False) as view:
         return detect(view, name=name, limits=limits).format.value
 
@@ -250,13 +256,46 @@ def _mapped(path: Path, *, writable: bool, fd: int | None = None) -> Iterator[me
 
 # -- flattening ------------------------------------------------------------------------------
 def _tensor_test(framework: str) -> Callable[[object], bool]:
+    import numpy as np
+
     if framework == "torch":
         import torch
 
-        return lambda v: isinstance(v, torch.Tensor)
-    import numpy as np
-
+        # NumPy files (and NumPy arrays inside torch checkpoints) give arrays even then.
+        return lambda v: isinstance(v, (torch.Tensor, np.ndarray))
     return lambda v: isinstance(v, np.ndarray)
+
+
+# ml_dtypes' NumPy types torch cannot take from NumPy directly: same bits, as an integer view.
+_BITS_AS = {
+    "bfloat16": ("uint16", "bfloat16"),
+    "float8_e4m3fn": ("uint8", "float8_e4m3fn"),
+    "float8_e5m2": ("uint8", "float8_e5m2"),
+}
+
+
+def _arrays_to_torch(flat: _Flat, name: str) -> None:
+    """Make every NumPy array a torch tensor over the same bytes (safetensors.torch needs
+    tensors); the check then compares the written file with these exact bits."""
+    import numpy as np
+    import torch
+
+    for key, value in flat.tensors.items():
+        if not isinstance(value, np.ndarray):
+            continue
+        array = value if value.flags.writeable else value.copy()  # torch wants writable memory
+        bits = _BITS_AS.get(array.dtype.name)
+        try:
+            if bits is not None:
+                tensor = torch.from_numpy(array.view(bits[0])).view(getattr(torch, bits[1]))
+            else:
+                tensor = torch.from_numpy(array)
+        except (TypeError, RuntimeError):
+            raise ConversionError(
+                f"array {key!r} has dtype {array.dtype}, which safetensors cannot hold",
+                path=name or None, rule="convert.unsupported_value",
+            ) from None  # fmt: skip
+        flat.tensors[key] = tensor
 
 
 def _flatten(value: object, *, name: str, is_tensor: Callable[[object], bool]) -> _Flat:
