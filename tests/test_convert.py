@@ -445,7 +445,9 @@ def test_every_benign_sample_converts_or_is_refused_cleanly(
         got = st.load_file(out)
         assert len(got) == report.tensors == report.checked, sample["file"]
         loaded = safeload.load(path, policy=ALLOW_PICKLE)
-        plain = isinstance(loaded, dict) and all(isinstance(v, torch.Tensor) for v in loaded.values())
+        plain = isinstance(loaded, dict) and all(
+            isinstance(v, torch.Tensor) for v in loaded.values()
+        )
         if plain and not report.notes:  # a flat state dict with nothing tied: the same tensors
             _assert_same(got, loaded)
     assert converted >= 20
