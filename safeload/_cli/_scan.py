@@ -92,7 +92,15 @@ class _LazyProgress:
     default=None,
     help="Policy file: its limits apply, and each clean file is decided as load would.",
 )
-def scan(paths: tuple[str, ...], fmt: str, output: str | None, policy: str | None) -> None:
+@click.option(
+    "--sandbox/--no-sandbox",
+    default=None,
+    help="Parse each file in its own sandbox worker (default: as the policy's sandbox.mode "
+    "says; without a policy, in-process). See `safeload doctor` for the layers.",
+)
+def scan(
+    paths: tuple[str, ...], fmt: str, output: str | None, policy: str | None, sandbox: bool | None
+) -> None:
     """Scan model files and folders without running them.
 
     Every file is identified by its content and validated by safeload's readers; nothing in a
@@ -100,7 +108,7 @@ def scan(paths: tuple[str, ...], fmt: str, output: str | None, policy: str | Non
     """
     interactive = sys.stderr.isatty() and os.environ.get("TERM") != "dumb"
     with _LazyProgress(interactive) as progress:
-        report = safeload.scan(list(paths), policy=policy, progress=progress)
+        report = safeload.scan(list(paths), policy=policy, progress=progress, sandbox=sandbox)
     color = (
         output is None and fmt == "text" and sys.stdout.isatty() and "NO_COLOR" not in os.environ
     )

@@ -269,6 +269,7 @@ def scan(
     limits: Limits | None = None,
     policy: Policy | str | os.PathLike[str] | None = None,
     progress: ProgressCallback | None = None,
+    sandbox: bool | None = None,
 ) -> ScanReport:
     """Scan files and folders; a verdict per file, never an exception for a bad model.
 
@@ -292,6 +293,7 @@ def scan(
         gate = policy_gate(policy, limits, registered_globals=get_safe_globals())
         limits = gate.limits
     limits = limits if limits is not None else Limits()
+    worker = _sandbox_plan(gate, sandbox)
     started = time.perf_counter()
     files, results = _collect(paths)
     python_files = [f for f in files if f.suffix.lower() in _PYTHON_SUFFIXES]
@@ -301,7 +303,7 @@ def scan(
     model_dirs: set[str] = set()
     by_path: dict[Path, FileResult] = {}
     for file in model_like:
-        result = _scan_file(file, limits, gate)
+        result = _scan_file(file, limits, gate, worker)
         by_path[file] = result
         if result.verdict != "skipped":
             model_dirs.add(os.path.realpath(file.parent))
@@ -309,7 +311,7 @@ def scan(
         if progress is not None:
             progress(done, total, str(file))
     for file in python_files:
-        result = _scan_file(file, limits, gate)
+        result = _scan_file(file, limits, gate, worker)
         if result.format == _PYTHON:
             result = _python_file(result, os.path.realpath(file.parent) in model_dirs)
         by_path[file] = result
@@ -395,21 +397,53 @@ def _open_regular(path: Path) -> tuple[int, int]:
     return fd, st.st_size
 
 
-def _scan_file(path: Path, limits: Limits, gate: PolicyGate | None) -> FileResult:
+def _sandbox_plan(gate: PolicyGate | None, sandbox: bool | None) -> tuple[str, ...] | None:
+    """None: parse in-process; else the layers each file's worker must have."""
+    if sandbox is not None and type(sandbox) is not bool:
+        from safeload.errors import UsageError
+
+        raise UsageError("sandbox must be True, False or None", rule="scan.sandbox")
+    if gate is None:
+        return () if sandbox else None
+    from safeload.policy import needs_sandbox
+
+    required = needs_sandbox(gate.policy, verified=False)
+    if sandbox is False and required and gate.policy.mode == "enforce":
+        from safeload.errors import PolicyViolation
+
+        raise PolicyViolation(
+            f"refused by policy: sandbox mode {gate.policy.sandbox.mode!r} requires parsing "
+            "in the sandbox worker, and sandbox=False was passed",
+            rule="sandbox.mode",
+            detail="drop --no-sandbox (the policy decides) or pass --sandbox",
+        )
+    use = required if sandbox is None else sandbox
+    return tuple(gate.policy.sandbox.required_layers) if use else None
+
+
+def _scan_file(
+    path: Path, limits: Limits, gate: PolicyGate | None, worker: tuple[str, ...] | None = None
+) -> FileResult:
     started = time.perf_counter()
     try:
         fd, size = _open_regular(path)
     except SafeloadError as exc:
         return _from_error(str(path), None, exc, "error", _size(path), 0.0)
     try:
-        work = lambda: _scan_fd(fd, path, size, limits, gate, started)  # noqa: E731
+        work = lambda: _scan_fd(fd, path, size, limits, gate, started, worker)  # noqa: E731
         return _guarded(path, size, started, work)
     finally:
         os.close(fd)
 
 
 def _scan_fd(
-    fd: int, path: Path, size: int, limits: Limits, gate: PolicyGate | None, started: float
+    fd: int,
+    path: Path,
+    size: int,
+    limits: Limits,
+    gate: PolicyGate | None,
+    started: float,
+    worker: tuple[str, ...] | None = None,
 ) -> FileResult:
     if size > limits.max_file_bytes:
         raise LimitExceededError(
@@ -425,7 +459,12 @@ def _scan_fd(
     try:
         # Exceptions become results inside _guarded, so no traceback still pins a view of the
         # mapping by the time it is closed.
-        work = lambda: _scan_buffer(path, memoryview(mapped), limits, gate, size, started)  # noqa: E731
+        if worker is None:
+            work = lambda: _scan_buffer(path, memoryview(mapped), limits, gate, size, started)  # noqa: E731
+        else:
+            work = lambda: _scan_in_worker(  # noqa: E731
+                fd, path, memoryview(mapped), limits, gate, size, started, worker
+            )
         return _guarded(path, size, started, work)
     finally:
         try:
@@ -523,6 +562,73 @@ def _scan_buffer(
         format=analysis.format,
         verdict="clean",
         tensor_count=len(analysis.tensors),
+        size_bytes=size,
+        seconds=time.perf_counter() - started,
+    )
+
+
+def _scan_in_worker(
+    fd: int,
+    path: Path,
+    view: memoryview,
+    limits: Limits,
+    gate: PolicyGate | None,
+    size: int,
+    started: float,
+    required: Sequence[str],
+) -> FileResult:
+    """``_scan_buffer`` with the parsing done in a sandbox worker reading ``fd``.
+
+    The parent keeps what needs no parsing of model bytes: the name and text-probe rules for
+    files no reader knows, the syntax check of ``.py`` files (CPython's own parser, nothing
+    compiled), and the policy's decision on what the worker reported (pinned hashes are taken
+    over the parent's own mapping).
+    """
+    from safeload.formats import Format
+    from safeload.sandbox._runner import SandboxInput, _rebuild_error, run_in_sandbox
+
+    if _is_python_source(path, view):
+        return FileResult(
+            str(path), _PYTHON, "skipped", size_bytes=size, seconds=time.perf_counter() - started
+        )
+    item = SandboxInput(fd, path.name, path=Path(os.path.realpath(path)))
+    meta = run_in_sandbox("scan", [item], limits=limits, required_layers=required).meta
+    fmt = meta.get("format")
+    refused = meta.get("refused")
+    if refused is not None:
+        err = _rebuild_error(refused, str(path))
+        err.path = str(path)
+        found = meta.get("globals") or []
+        offending = [g for g in found if isinstance(g, str)][:1000]
+        known = fmt if fmt in {f.value for f in Format} else None
+        verdict: Verdict = "unsafe" if isinstance(err, RefusedError) else "error"
+        return _from_error(str(path), known, err, verdict, size,
+                           time.perf_counter() - started, offending)  # fmt: skip
+    if fmt == "unknown":
+        return _unrecognised(path, bytes(view[:_TEXT_PROBE_BYTES]), size, started)
+    try:
+        detected = Format(str(fmt))
+    except ValueError:
+        from safeload.errors import SandboxError
+
+        raise SandboxError("the worker reported no known format", path=str(path),
+                           rule="sandbox.result") from None  # fmt: skip
+    raw_shapes = meta.get("shapes")
+    if not isinstance(raw_shapes, list) or len(raw_shapes) > limits.max_tensors or not all(
+        isinstance(s, list) and all(type(d) is int and d >= 0 for d in s) for s in raw_shapes
+    ):
+        from safeload.errors import SandboxError
+
+        raise SandboxError("the worker reported malformed shapes", path=str(path),
+                           rule="sandbox.result")  # fmt: skip
+    shapes = [tuple(s) for s in raw_shapes]
+    if gate is not None:
+        gate.check(view, name=str(path), fmt=detected.value, shapes=shapes, sandboxed=True)
+    return FileResult(
+        path=str(path),
+        format=detected,
+        verdict="clean",
+        tensor_count=len(shapes),
         size_bytes=size,
         seconds=time.perf_counter() - started,
     )

@@ -176,10 +176,43 @@ def _task_read(ctx: TaskContext) -> TaskResult:
     return parsed.value, meta
 
 
+def _task_scan(ctx: TaskContext) -> TaskResult:
+    """What ``safeload scan`` learns of one file, learnt here: format, tensor table, refusal.
+
+    A refusal is *returned* (with the globals a refused pickle asks for, which scan lists),
+    not raised, so the parent gets both; any other error is raised as usual.
+    """
+    from safeload import formats
+    from safeload.errors import FormatError, RefusedError
+
+    name, limits = ctx.names[0], ctx.limits
+    view = ctx.data(0)
+    try:
+        detection = formats.detect(view, name=name, limits=limits)
+    except FormatError as exc:
+        if exc.rule != "formats.detect":  # no format matched: unknown, not a refusal
+            return None, {"refused": _error_dict(exc), "format": None}
+        return None, {"format": "unknown"}
+    if detection.format == formats.Format.UNKNOWN:
+        return None, {"format": "unknown"}
+    fmt = str(detection.format.value)
+    try:
+        analysis = formats.analyze(view, name=name, limits=limits)
+    except RefusedError as exc:
+        found: list[str] = []
+        if (exc.rule or "").startswith("pickle."):
+            with contextlib.suppress(Exception):  # listing names is best effort
+                found = sorted(formats.unsafe_globals(view, name=name, limits=limits))
+        return None, {"refused": _error_dict(exc), "format": fmt, "globals": found}
+    shapes = [list(t.shape) for t in analysis.tensors]
+    return None, {"format": str(analysis.format.value), "shapes": shapes}
+
+
 TASKS: dict[str, Task] = {
     "export_onnx": _task_export_onnx,
     "probe": _task_probe,
     "read": _task_read,
+    "scan": _task_scan,
     "safetensors": _task_safetensors,
 }
 """The fixed task registry: the request names one of these, nothing else runs."""
