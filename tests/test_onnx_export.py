@@ -374,3 +374,24 @@ def test_cli_convert_to_onnx_refusal_exits_1(weights: dict[str, Path], tmp_path:
     assert result.exit_code == 1, result.output
     assert json.loads(result.stdout)["error"]["rule"] == "onnx_export.state_dict"
     _nothing_left(tmp_path)
+
+
+def test_a_factory_module_that_is_not_installed_is_found_on_the_callers_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The worker runs ``python -I``; the caller's ``sys.path`` is sent so its own module (here
+    a file in a project folder, not installed) is imported there before lockdown."""
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "my_arch_0b1f.py").write_text(
+        "import torch\n\n\ndef build():\n"
+        "    return torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU())\n",
+        encoding="utf-8",
+    )
+    monkeypatch.syspath_prepend(str(project))
+    torch.manual_seed(0)
+    weights = tmp_path / "w.pt"
+    torch.save(torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU()).state_dict(), weights)
+    report = export_onnx(weights, tmp_path / "out.onnx", model="my_arch_0b1f:build",
+                         input_shapes=[[2, 4]])  # fmt: skip
+    assert report.checked == 2 and report.sandboxed

@@ -28,6 +28,7 @@ import os
 import re
 import shutil
 import stat
+import sys
 import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -121,6 +122,7 @@ def export_onnx(
                 output_dir=work,
                 params={"model": model, "inputs": len(shapes), "opset": opset, "name": name},
                 preload=[_EXPORT_MODULE, module],
+                sys_path=_caller_path(),
                 memory_bytes=3 * _GiB + 4 * size,
                 max_output_bytes=2 * size + 256 * (1 << 20),
             )
@@ -544,3 +546,14 @@ def _publish(
         tmp.unlink(missing_ok=True)
         raise
     return hashlib.sha256(onnx_bytes).hexdigest()
+
+
+def _caller_path() -> list[str]:
+    """Where this process finds the factory's module, for the worker (``python -I`` sees
+    neither ``PYTHONPATH`` nor the current folder): this process's own ``sys.path``."""
+    out: list[str] = []
+    for entry in sys.path:
+        folder = Path(entry or os.curdir).resolve()
+        if folder.is_dir() and str(folder) not in out:
+            out.append(str(folder))
+    return out

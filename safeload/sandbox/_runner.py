@@ -538,6 +538,7 @@ def run_in_sandbox(
     max_output_bytes: int | None = None,
     unsafe_skip_layers: Collection[str] = (),
     preload: Sequence[str] = (),
+    sys_path: Sequence[str] = (),
     slot: WorkerSlot | None = None,
 ) -> SandboxResult:
     """Run registered ``task`` on ``inputs`` in a fresh, confined worker; validate what returns.
@@ -550,8 +551,9 @@ def run_in_sandbox(
     :class:`SandboxInput` descriptors the caller opened (and maybe read: then result tensors view
     the caller's buffer). ``slot`` is a worker taken earlier with :class:`WorkerSlot`, so that
     its start-up overlapped the caller's own reading. ``preload`` names modules the worker
-    imports before its first layer (a task that needs torch, say): the caller's choice, never a
-    model file's. ``unsafe_skip_layers``
+    imports before its first layer (a task that needs torch, say), looked up also in the
+    folders ``sys_path`` lists (the worker runs ``python -I``: no ``PYTHONPATH``, no current
+    folder): the caller's choice, never a model file's. ``unsafe_skip_layers``
     exists for tests of the layers themselves: it is logged to the ``safeload.audit`` logger
     every time it is used.
     """
@@ -594,6 +596,7 @@ def run_in_sandbox(
         "skip_layers": sorted(skip),
         "params": dict(params or {}),
         "preload": [str(name) for name in preload],
+        "sys_path": [os.fspath(p) for p in sys_path],
     }
     first = entries[0]["name"] if entries else None
     if inputs and not isinstance(inputs[0], SandboxInput):

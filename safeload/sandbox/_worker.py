@@ -295,6 +295,14 @@ def _preload() -> None:
         TASKS.update(module.TASKS)
 
 
+def _extend_path(folders: object) -> None:
+    """Folders the caller's preload modules live in, searched after the worker's own path (so
+    what the worker already imports cannot be shadowed by a file in the caller's folder)."""
+    if not isinstance(folders, list) or not all(isinstance(f, str) and f for f in folders):
+        raise SandboxError("bad sys_path list from parent", rule="sandbox.protocol")
+    sys.path.extend(f for f in folders if f not in sys.path)
+
+
 def _import_extra(names: object) -> None:
     """Modules the *caller* named for its task (``run_in_sandbox(preload=...)``), imported
     before any layer: after Landlock and seccomp their files could not be read.
@@ -412,6 +420,7 @@ def _run(request: dict[str, Any], reports: list[_layers.LayerReport]) -> dict[st
         else:
             reports.append(apply())
 
+    _extend_path(request.get("sys_path", []))
     _import_extra(request.get("preload", []))
     plan = RlimitPlan(**request["rlimits"])
     layer("rlimits", lambda: _layers.apply_rlimits(plan, required))
