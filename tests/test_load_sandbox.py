@@ -56,7 +56,7 @@ def test_policy_always_loads_bit_identical_to_in_process(
 ) -> None:
     in_process = safeload.load(ckpt)
     assert_same(safeload.load(ckpt, policy=ALWAYS), in_process)
-    assert_same(safeload.load(ckpt.read_bytes(), policy=ALWAYS), in_process)  # via a temp copy
+    assert_same(safeload.load(ckpt.read_bytes(), policy=ALWAYS), in_process)  # via a sealed memfd
     got_np = safeload.load(ckpt, policy=ALWAYS, framework="numpy")
     assert_same(got_np, safeload.load(ckpt, framework="numpy"))
 

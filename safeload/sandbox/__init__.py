@@ -2,9 +2,10 @@
 
 Public face of the capability; the machinery lives in private modules:
 
-- :mod:`._runner` the parent side (spawn, deadline, validate the reply and the result);
-- :mod:`._worker` the worker process and its fixed task registry;
-- :mod:`._bootstrap` the worker's entry script (imports only what the worker uses);
+- :mod:`._runner` the parent side (get a worker, deadline, validate the reply and the result);
+- :mod:`._forkserver` the parent's handle on the fork server every worker is forked from;
+- :mod:`._worker` the worker process, the fork server's loop, and the fixed task registry;
+- :mod:`._bootstrap` the entry script (imports only what the worker uses);
 - :mod:`._layers` the five layers in order (``rlimits``, ``no_new_privs``, ``namespaces``,
   ``landlock``, ``seccomp``), one module each;
 - :mod:`._transport` the memfd result channel (safetensors + a JSON skeleton);
@@ -15,12 +16,19 @@ from __future__ import annotations
 
 from safeload.sandbox._doctor import DoctorReport, doctor
 from safeload.sandbox._layers import LAYERS, LayerReport
-from safeload.sandbox._runner import SandboxResult, prewarm, run_in_sandbox, sandboxed_read
+from safeload.sandbox._runner import (
+    SandboxInput,
+    SandboxResult,
+    prewarm,
+    run_in_sandbox,
+    sandboxed_read,
+)
 
 __all__ = [
     "LAYERS",
     "DoctorReport",
     "LayerReport",
+    "SandboxInput",
     "SandboxResult",
     "doctor",
     "prewarm",

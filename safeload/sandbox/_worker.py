@@ -1,12 +1,13 @@
-"""The sandboxed worker, started fresh for every job (``python -I .../_bootstrap.py``).
+"""The sandboxed worker: a fresh fork of the fork server for every job (see :func:`serve`).
 
-A new interpreter (spawn-style, not fork) inherits nothing from the caller but five descriptors:
+The fork server is a new interpreter (``python -I .../_bootstrap.py --fork-server``, spawned,
+never forked from the caller); each worker it forks keeps nothing but five descriptors:
 
 ====  ==========================================================================
 fd    use
 ====  ==========================================================================
 0     a unix socket: one request (JSON: task, inputs, limits, layers) with the input
-      descriptors attached (SCM_RIGHTS); a spare worker waits here, fully imported;
+      descriptors attached (SCM_RIGHTS); a fresh worker waits here, fully imported;
       the worker writes ``DONE`` here once its reply is written
 1, 2  log (a memfd; the parent shows its tail when something goes wrong)
 3     reply (a memfd: JSON with the layer reports and either ``ok`` or an error)
@@ -347,7 +348,7 @@ def _read_request() -> dict[str, Any]:
         raw, fds, _flags, _addr = socket.recv_fds(sock, MAX_REQUEST, MAX_INPUTS)
     finally:
         sock.detach()  # fd 0 stays open: the worker says DONE there when it has answered
-    if not raw:  # the parent let a spare worker go without a job
+    if not raw:  # the parent let a worker go without a job
         os._exit(0)
     request = json.loads(raw)
     if (
@@ -479,7 +480,7 @@ def _answer(first: Callable[[], None]) -> NoReturn:
 
 def main() -> None:
     """One worker, spawned for one job (``python -I _bootstrap.py``)."""
-    _answer(_preload)  # before the request: a spare worker is ready when the job arrives
+    _answer(_preload)  # before the request: the worker is ready when the job arrives
 
 
 FORK = b"fork"
