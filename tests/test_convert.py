@@ -17,10 +17,12 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import ml_dtypes
+import numpy as np
 import pytest
 
 import safeload
-from safeload.convert._safetensors import _same_torch
+from safeload.convert._safetensors import _same
 from safeload.policy import FormatsPolicy, Policy, SandboxPolicy
 
 torch = pytest.importorskip("torch")
@@ -296,11 +298,13 @@ def test_progress_reports_checked_bytes(tmp_path: Path) -> None:
 
 def test_byte_compare_sees_nan_payloads_and_signed_zeros() -> None:
     nan = _nan_payload()
-    assert _same_torch(nan, nan.clone())
-    assert not _same_torch(nan, torch.tensor([float("nan"), -0.0]))  # another NaN payload
-    assert not _same_torch(nan, torch.tensor([nan[0].item(), 0.0]))  # +0.0 == -0.0 as values
-    assert not _same_torch(torch.ones(2), torch.ones(2).half())
-    assert not _same_torch(torch.ones(2, 1), torch.ones(2))
+    assert _same(nan, nan.numpy().copy())
+    assert not _same(nan, np.array([np.nan, -0.0], dtype=np.float32))  # another NaN payload
+    assert not _same(nan, np.array([nan[0].item(), 0.0], dtype=np.float32))  # +0.0 vs -0.0
+    assert not _same(torch.ones(2), np.ones(2, dtype=np.float16))
+    assert not _same(torch.ones(2, 1), np.ones(2, dtype=np.float32))
+    bf = torch.tensor([1.5, -2.0]).bfloat16()
+    assert _same(bf, bf.view(torch.int16).numpy().view(ml_dtypes.bfloat16))
 
 
 def test_verified_file_is_converted_from_its_hashed_bytes(tmp_path: Path) -> None:

@@ -219,13 +219,14 @@ def _source_format(source: object, name: str, limits: Limits) -> str:
         return detect(memoryview(source).cast("B"), name=name, limits=limits).format.value
     if not isinstance(source, (str, os.PathLike)):
         return "unknown"  # a file object: the loader consumed it
-    with _mapped(Path(name), writable=False) as view:
+    with _mapped(Path(name)) as view:
         return detect(view, name=name, limits=limits).format.value
 
 
 @contextmanager
-def _mapped(path: Path, *, writable: bool, fd: int | None = None) -> Iterator[memoryview]:
-    """A file's bytes as a memory map (private copy-on-write when ``writable``)."""
+def _mapped(path: Path, *, populate: bool = False, fd: int | None = None) -> Iterator[memoryview]:
+    """A file's bytes as a read-only private map; ``populate`` faults it all in at once
+    (one batched call instead of a fault per page while tensors are compared)."""
     own = fd is None
     if fd is None:
         try:
@@ -238,16 +239,14 @@ def _mapped(path: Path, *, writable: bool, fd: int | None = None) -> Iterator[me
         if size == 0:
             yield memoryview(b"")
             return
-        prot = mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0)
-        # MAP_POPULATE: one batched fault-in instead of one fault per page during the compare.
-        flags = mmap.MAP_PRIVATE | (getattr(mmap, "MAP_POPULATE", 0) if writable else 0)
-        mm = mmap.mmap(fd, size, flags=flags, prot=prot)
+        flags = mmap.MAP_PRIVATE | (getattr(mmap, "MAP_POPULATE", 0) if populate else 0)
+        mm = mmap.mmap(fd, size, flags=flags, prot=mmap.PROT_READ)
         view = memoryview(mm)
         try:
             yield view
         finally:
             view.release()
-            with suppress(BufferError):  # tensors still view it; the map goes when they do
+            with suppress(BufferError):  # arrays still view it; the map goes when they do
                 mm.close()
     finally:
         if own:
@@ -551,11 +550,11 @@ def _write_checked(
         except OSError as exc:
             raise ConversionError("cannot write output", path=str(out), rule="convert.write",
                                   detail=str(exc)) from None  # fmt: skip
-        with _mapped(tmp, writable=True, fd=fd) as view, ThreadPoolExecutor(1) as pool:
+        with _mapped(tmp, populate=True, fd=fd) as view, ThreadPoolExecutor(1) as pool:
             size = len(view)
             # hashlib releases the GIL on big buffers: the hash runs while tensors compare.
             digest = pool.submit(lambda: hashlib.sha256(view).hexdigest())
-            _check(view, written, metadata, originals, out, framework, limits, progress)
+            _check(view, written, metadata, originals, out, limits, progress)
             sha256 = digest.result()
         before_publish(size, sha256)
         _publish(tmp, out, overwrite=overwrite)
@@ -611,7 +610,6 @@ def _check(
     metadata: Mapping[str, str],
     originals: Mapping[str, Any],
     out: Path,
-    framework: Literal["torch", "numpy"],
     limits: Limits,
     progress: Progress | None,
 ) -> None:
@@ -625,8 +623,10 @@ def _check(
     # Our own output, read in-process by the reader ``safeload.load`` uses for safetensors,
     # under the same limits. Not through ``load`` itself: the caller's policy governs the
     # untrusted input, and a policy decision (and audit line) about our temp file is noise.
+    # As NumPy arrays: views of the read-only map, no copy, and materialised by another path
+    # than the torch tensors they are compared with.
     try:
-        result = read(view, name=str(out), limits=limits, framework=framework)
+        result = read(view, name=str(out), limits=limits, framework="numpy")
     except SafeloadError as exc:
         raise differ(f"safeload cannot read it back: {exc.diagnostics()}") from None
     back = result.value
@@ -642,9 +642,8 @@ def _check(
     done = 0
     if progress is not None:
         progress(0, total)
-    same = _same_torch if framework == "torch" else _same_numpy
     for key in written:
-        if not same(originals[key], back[key]):
+        if not _same(originals[key], back[key]):
             raise differ(f"tensor {key!r}: dtype, shape or bytes differ")
         done += _nbytes(originals[key])
         if progress is not None:
@@ -658,38 +657,43 @@ def _nbytes(tensor: Any) -> int:
     return int(tensor.nbytes)
 
 
-def _same_torch(a: Any, b: Any) -> bool:
-    import torch
-
-    if not isinstance(b, torch.Tensor) or a.dtype != b.dtype or tuple(a.shape) != tuple(b.shape):
-        return False
-    # Raw bytes, not values: NaN != NaN and -0.0 == 0.0 would both mislead a value compare.
-    return bool(torch.equal(_raw(a), _raw(b)))
+def _dtype_name(tensor: Any) -> str:
+    # torch's and NumPy's (with ml_dtypes) names agree: float32, bfloat16, float8_e4m3fn, bool...
+    return str(tensor.dtype).removeprefix("torch.")
 
 
-def _raw(tensor: Any) -> Any:
-    """The tensor's bytes as the widest integer view its size and alignment allow
-    (``torch.equal`` over int64 runs several times faster than over uint8)."""
-    import torch
-
-    flat = tensor.detach().contiguous().reshape(-1).view(torch.uint8)
-    for wide, size in ((torch.int64, 8), (torch.int32, 4), (torch.int16, 2)):
-        if flat.numel() % size == 0:
-            try:
-                return flat.view(wide)
-            except RuntimeError:  # storage offset not aligned to the wider type
-                continue
-    return flat
-
-
-def _same_numpy(a: Any, b: Any) -> bool:
+def _same(a: Any, b: Any) -> bool:
+    """Whether source tensor (or array) ``a`` and read-back array ``b`` hold the same dtype,
+    shape and bytes. Raw bytes, not values: NaN != NaN and -0.0 == 0.0 would both mislead."""
     import numpy as np
 
-    if not isinstance(b, np.ndarray) or a.dtype != b.dtype or a.shape != b.shape:
+    if not isinstance(b, np.ndarray) or _dtype_name(a) != b.dtype.name:
         return False
-    x = np.ascontiguousarray(a).reshape(-1).view(np.uint8)
-    y = np.ascontiguousarray(b).reshape(-1).view(np.uint8)
-    return bool(np.array_equal(x, y))
+    if tuple(a.shape) != b.shape:
+        return False
+    return bool(np.array_equal(_wide(_bytes_of(a)), _wide(_bytes_of(b))))
+
+
+def _bytes_of(tensor: Any) -> Any:
+    """A tensor's or array's bytes as a flat uint8 NumPy array (a view when contiguous)."""
+    import numpy as np
+
+    if isinstance(tensor, np.ndarray):
+        return np.ascontiguousarray(tensor).reshape(-1).view(np.uint8)
+    import torch
+
+    return tensor.detach().contiguous().reshape(-1).view(torch.uint8).numpy()
+
+
+def _wide(raw: Any) -> Any:
+    """The same bytes as the widest integer items their count allows: comparing int64s
+    runs several times faster than comparing single bytes."""
+    import numpy as np
+
+    for wide in (np.int64, np.int32, np.int16):
+        if raw.size % np.dtype(wide).itemsize == 0:
+            return raw.view(wide)
+    return raw
 
 
 def _publish(tmp: Path, out: Path, *, overwrite: bool) -> None:
