@@ -455,3 +455,21 @@ def test_every_benign_sample_converts_or_is_refused_cleanly(
         if plain and not report.notes:  # a flat state dict with nothing tied: the same tensors
             _assert_same(got, loaded)
     assert converted >= 20
+
+
+def test_a_read_back_that_differs_deletes_the_output(tmp_path: Path) -> None:
+    # The checker itself, on a real written file: tensors that differ from what was written
+    # (one flipped sign bit, a NaN payload) must fail the check and leave no file behind.
+    from safeload.convert._safetensors import _write_checked
+
+    written = {"a": torch.tensor([1.0, 2.0]), "n": _nan_payload()}
+    for key, other in (("a", torch.tensor([1.0, -2.0])), ("n", torch.tensor([np.nan, -0.0]))):
+        originals = {**written, key: other}
+        with pytest.raises(safeload.ConversionError) as info:
+            _write_checked(
+                written, {"format": "pt"}, originals, tmp_path / "x.safetensors",
+                framework="torch", limits=safeload.Limits(), overwrite=False, progress=None,
+                before_publish=lambda size, sha: None,
+            )  # fmt: skip
+        assert info.value.rule == "convert.check" and repr(key) in (info.value.detail or "")
+        assert _leftovers(tmp_path) == []

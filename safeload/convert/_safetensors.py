@@ -245,8 +245,11 @@ def _mapped(path: Path, *, populate: bool = False, fd: int | None = None) -> Ite
         try:
             yield view
         finally:
-            view.release()
-            with suppress(BufferError):  # arrays still view it; the map goes when they do
+            # Arrays read from it may still be alive (in a traceback, say): then the map is
+            # unmapped when the last of them goes, and the error in flight is not masked.
+            with suppress(BufferError):
+                view.release()
+            with suppress(BufferError):
                 mm.close()
     finally:
         if own:
