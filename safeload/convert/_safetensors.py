@@ -99,7 +99,7 @@ def to_safetensors(
     del value
     if framework == "torch":
         _arrays_to_torch(flat, name)
-    written, metadata = _prepare(flat, framework)
+    written, metadata = _prepare(flat, framework, name)
     sandbox_layers = _layers() if sandboxed else ()
 
     def record(size: int, sha256: str) -> None:
@@ -422,7 +422,7 @@ def _names(names: list[str]) -> str:
 
 
 # -- what gets written -----------------------------------------------------------------------
-def _prepare(flat: _Flat, framework: str) -> tuple[dict[str, Any], dict[str, str]]:
+def _prepare(flat: _Flat, framework: str, name: str) -> tuple[dict[str, Any], dict[str, str]]:
     """The tensors to hand to safetensors and the header metadata.
 
     Tied weights (several names, one storage, the same view) keep one name, as
@@ -442,6 +442,7 @@ def _prepare(flat: _Flat, framework: str) -> tuple[dict[str, Any], dict[str, str
             raise ConversionError(
                 f"tensor {key!r} is {'quantized' if tensor.is_quantized else 'sparse'}, which "
                 "safetensors cannot hold",
+                path=name or None,
                 rule="convert.unsupported_value",
                 detail="dequantize or densify it after safeload.load, then save it yourself",
             )
