@@ -11,8 +11,9 @@ Modes, interleaved round-robin after a warm-up read that puts the input in the p
     safeload_sandbox  safeload.to_safetensors(path, out, sandbox=True)
 
 safeload's modes also fsync, hash, read back and compare every tensor; the ratio says what that
-safety costs. Imports (torch, safetensors, safeload) happen before the clock starts. Printed: median wall time of the conversion call, its ratio to ``naive``, peak RSS
-and its growth during the call. Nothing is asserted. Run it under ``nice``::
+safety costs. Imports (torch, safetensors, safeload) happen before the clock starts. Printed:
+median wall time of the conversion call, its ratio to ``naive``, peak RSS and its growth during
+the call. Nothing is asserted. Run it under ``nice``::
 
     nice python benchmarks/bench_convert.py [--size-mib 256] [--repeats 3] [--workdir DIR]
 """
