@@ -104,6 +104,10 @@ def test_sandboxed_conversion_matches_in_process(tmp_path: Path, no_torch_load: 
     here = safeload.to_safetensors(src, tmp_path / "here.safetensors", sandbox=False)
     there = safeload.to_safetensors(src, tmp_path / "there.safetensors", sandbox=True)
     assert there.sandboxed and "seccomp" in there.layers
+    # The layers the worker itself reported applied, not what the machine could offer.
+    applied = {r.name for r in safeload.doctor().layers if r.available}
+    assert set(there.layers) == applied
+    assert there.source_format == here.source_format == "torch_zip"
     _assert_same(st.load_file(tmp_path / "there.safetensors"), _state_dict())
     _assert_same(st.load_file(tmp_path / "here.safetensors"), _state_dict())
     assert here.tensors == there.tensors == len(_state_dict())

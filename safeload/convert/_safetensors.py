@@ -75,8 +75,8 @@ def to_safetensors(
     :class:`~safeload.errors.ConversionError`. Either way no file is left at ``output``.
     ``progress(done, total)`` is called with bytes of tensor data checked.
     """
-    import safeload
     from safeload.formats._safe_globals import get_safe_globals
+    from safeload.integrations._load import load_detailed
     from safeload.policy import audit_event, policy_gate
 
     started = time.monotonic()
@@ -87,20 +87,15 @@ def to_safetensors(
     out = Path(os.fspath(output))
     _check_output(out, source, overwrite=overwrite)
     gate = policy_gate(policy, limits, source=source, registered_globals=get_safe_globals())
-    sandboxed = _sandboxed(sandbox, gate, source)
-    # A verified file may hand its private copy to the loader, so its format is taken first.
-    fmt = _source_format(source, name, gate.limits) if _is_verified(source) else None
-    value = safeload.load(
-        source, framework=framework, policy=policy, limits=limits, sandbox=sandboxed
-    )
-    if fmt is None:
-        fmt = _source_format(source, name, gate.limits)
+    loaded = load_detailed(source, framework=framework, policy=policy, limits=limits,
+                           sandbox=sandbox)  # fmt: skip
+    value, fmt, sandboxed = loaded.value, loaded.format, loaded.sandboxed
+    sandbox_layers = loaded.layers  # what the worker reported applied
     flat = _flatten(value, name=name, is_tensor=_tensor_test(framework))
     del value
     if framework == "torch":
         _arrays_to_torch(flat, name)
     written, metadata = _prepare(flat, framework, name)
-    sandbox_layers = _layers() if sandboxed else ()
 
     def record(size: int, sha256: str) -> None:
         # Before the output gets its name: a policy audit_log that cannot be appended to
@@ -150,14 +145,6 @@ def _name_of(source: object) -> str:
     return str(path) if isinstance(path, (str, os.PathLike)) else ""
 
 
-def _is_verified(source: object) -> bool:
-    if isinstance(source, (str, os.PathLike)):
-        return False  # and no need to import the signing stack (cryptography) to know it
-    from safeload.signing import VerifiedFile
-
-    return isinstance(source, VerifiedFile)
-
-
 def _check_output(out: Path, source: object, *, overwrite: bool) -> None:
     """Refuse early what the final rename would refuse anyway (no point reading 10 GB first)."""
     parent = out.parent
@@ -194,33 +181,6 @@ def _same_file(a: Path, b: Path) -> bool:
         return a.samefile(b)
     except OSError:
         return False
-
-
-def _sandboxed(sandbox: bool | None, gate: Any, source: object) -> bool:
-    """Resolve ``sandbox=None`` the way the loader does, so the report states a fact.
-
-    The loader is then told explicitly, so what it did and what we report cannot drift.
-    """
-    from safeload.policy import needs_sandbox
-
-    if sandbox is not None:
-        return sandbox
-    return needs_sandbox(gate.policy, verified=bool(gate.verified) and _is_verified(source))
-
-
-def _source_format(source: object, name: str, limits: Limits) -> str:
-    """The detected format of the input, for the report (the loader already validated it)."""
-    from safeload.formats import detect
-
-    buffer_fn = getattr(source, "buffer", None)
-    if callable(buffer_fn):
-        return detect(memoryview(buffer_fn()).cast("B"), name=name, limits=limits).format.value
-    if isinstance(source, (bytes, bytearray, memoryview)):
-        return detect(memoryview(source).cast("B"), name=name, limits=limits).format.value
-    if not isinstance(source, (str, os.PathLike)):
-        return "unknown"  # a file object: the loader consumed it
-    with _mapped(Path(name)) as view:
-        return detect(view, name=name, limits=limits).format.value
 
 
 @contextmanager
@@ -741,9 +701,3 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def _layers() -> tuple[str, ...]:
-    """The layers the worker applies on this machine (it applies every one it can; the
-    policy's ``required_layers`` are checked applied by the runner)."""
-    from safeload.sandbox._layers import detect_all
-
-    return tuple(r.name for r in detect_all() if r.available)

@@ -343,6 +343,38 @@ def load(
     with the policy's ``required_layers``), ``False`` parses in-process, which the policy
     refuses before reading when it requires the sandbox for this file.
     """
+    return load_detailed(
+        f, map_location, pickle_module, weights_only=weights_only, mmap=mmap,
+        framework=framework, limits=limits, policy=policy, sandbox=sandbox, **pickle_load_args,
+    ).value  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class Loaded:
+    """What :func:`load_detailed` found out along the way (for conversions and reports)."""
+
+    value: Any
+    format: str
+    """The format the reader detected (in the worker, when ``sandboxed``)."""
+    sandboxed: bool
+    layers: tuple[str, ...] = ()
+    """The sandbox layers the worker reported applied."""
+
+
+def load_detailed(
+    f: Any,
+    map_location: Any = None,
+    pickle_module: Any = None,
+    *,
+    weights_only: bool | None = True,
+    mmap: bool | None = None,
+    framework: Literal["torch", "numpy"] = "torch",
+    limits: Limits | None = None,
+    policy: Policy | str | os.PathLike[str] | None = None,
+    sandbox: bool | None = None,
+    **pickle_load_args: Any,
+) -> Loaded:
+    """:func:`load`, also saying which format was read and where (private: ``convert``)."""
     device = _check_options(map_location, pickle_module, weights_only, pickle_load_args)
     if framework not in ("torch", "numpy"):
         raise UsageError(f"unknown framework {framework!r}", rule="load.framework")
@@ -353,8 +385,10 @@ def load(
 
     gate = policy_gate(policy, limits, source=f, registered_globals=get_safe_globals())
     limits = gate.limits
-    if _use_sandbox(sandbox, gate, f):
-        value, name = _load_sandboxed(f, gate, framework, bool(mmap))
+    layers: tuple[str, ...] = ()
+    sandboxed = _use_sandbox(sandbox, gate, f)
+    if sandboxed:
+        value, name, fmt, layers = _load_sandboxed(f, gate, framework, bool(mmap))
     else:
         extra = select_extra_globals(gate.policy, get_safe_globals())
         data, name, crcs = _bytes_of(f, use_mmap=bool(mmap), limits=limits, take=True)
@@ -367,7 +401,8 @@ def load(
             safe_globals=extra,
         )
         shapes = [t.shape for t in result.tensors]
-        _decide(gate, data, name=name, fmt=result.format.value, shapes=shapes, sandboxed=False)
+        fmt = result.format.value
+        _decide(gate, data, name=name, fmt=fmt, shapes=shapes, sandboxed=False)
         value = result.value
     if device is not None:
         try:
@@ -379,7 +414,7 @@ def load(
                 rule="load.map_location",
                 detail=str(exc)[:200],
             ) from exc
-    return value
+    return Loaded(value, fmt, sandboxed, layers)
 
 
 def _read_buffer(
@@ -462,8 +497,8 @@ def _use_sandbox(sandbox: bool | None, gate: PolicyGate, f: object) -> bool:
 
 def _load_sandboxed(
     f: object, gate: PolicyGate, framework: Literal["torch", "numpy"], use_mmap: bool
-) -> tuple[Any, str]:
-    """Parse in the worker; decide on what it returned; give back (value, name).
+) -> tuple[Any, str, str, tuple[str, ...]]:
+    """Parse in the worker; decide on what it returned; give back (value, name, format, layers).
 
     The parent does the byte work an in-process load does (reads the file into private memory
     on every core, folding zip CRCs as it goes, or maps it with ``mmap=True``) while a worker
@@ -499,7 +534,7 @@ def _load_sandboxed(
         )
     shapes: Sequence[tuple[int, ...]] = [tuple(t.shape) for t in result.tensors.values()]
     _decide(gate, data, name=name, fmt=str(fmt), shapes=shapes, sandboxed=True)
-    return result.value, name
+    return result.value, name, str(fmt), tuple(r.name for r in result.layers if r.applied)
 
 
 def _caller_path(reported: str | None, sent: str, name: str) -> str | None:
