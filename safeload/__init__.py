@@ -40,6 +40,8 @@ if TYPE_CHECKING:
         safe_globals,
     )
     from safeload.integrations._load import ModelInfo, get_unsafe_globals, inspect, load
+    from safeload.integrations._onnx_check import OnnxGraphInfo, check_onnx_graph
+    from safeload.integrations._onnx_session import GuardedSession, onnx_session
     from safeload.integrations._patch import is_patched, patch, patched, unpatch
     from safeload.integrations._pretrained import PretrainedState, from_pretrained
     from safeload.integrations._scan import FileResult, ScanReport, scan
@@ -59,9 +61,11 @@ _LAZY: dict[str, tuple[str, str]] = {
     "ConversionReport": ("safeload.convert", "ConversionReport"),
     "DoctorReport": ("safeload.sandbox", "DoctorReport"),
     "FileResult": ("safeload.integrations._scan", "FileResult"),
+    "GuardedSession": ("safeload.integrations._onnx_session", "GuardedSession"),
     "LayerReport": ("safeload.sandbox", "LayerReport"),
     "Limits": ("safeload.policy", "Limits"),
     "ModelInfo": ("safeload.integrations._load", "ModelInfo"),
+    "OnnxGraphInfo": ("safeload.integrations._onnx_check", "OnnxGraphInfo"),
     "Policy": ("safeload.policy", "Policy"),
     "PretrainedState": ("safeload.integrations._pretrained", "PretrainedState"),
     "SANDBOX_LAYERS": ("safeload.sandbox", "LAYERS"),
@@ -70,6 +74,7 @@ _LAZY: dict[str, tuple[str, str]] = {
     "VerifiedFile": ("safeload.signing", "VerifiedFile"),
     "VerifiedModel": ("safeload.signing", "VerifiedModel"),
     "add_safe_globals": ("safeload.formats._safe_globals", "add_safe_globals"),
+    "check_onnx_graph": ("safeload.integrations._onnx_check", "check_onnx_graph"),
     "clear_safe_globals": ("safeload.formats._safe_globals", "clear_safe_globals"),
     "doctor": ("safeload.sandbox", "doctor"),
     "effective_policy": ("safeload.policy", "effective_policy"),
@@ -81,6 +86,7 @@ _LAZY: dict[str, tuple[str, str]] = {
     "is_patched": ("safeload.integrations._patch", "is_patched"),
     "load": ("safeload.integrations._load", "load"),
     "load_policy": ("safeload.policy", "load_policy"),
+    "onnx_session": ("safeload.integrations._onnx_session", "onnx_session"),
     "patch": ("safeload.integrations._patch", "patch"),
     "patched": ("safeload.integrations._patch", "patched"),
     "run_in_sandbox": ("safeload.sandbox", "run_in_sandbox"),
@@ -119,10 +125,12 @@ __all__ = [
     "DoctorReport",
     "FileResult",
     "FormatError",
+    "GuardedSession",
     "LayerReport",
     "LimitExceededError",
     "Limits",
     "ModelInfo",
+    "OnnxGraphInfo",
     "Policy",
     "PolicyError",
     "PolicyViolation",
@@ -141,6 +149,7 @@ __all__ = [
     "VerifiedModel",
     "__version__",
     "add_safe_globals",
+    "check_onnx_graph",
     "clear_safe_globals",
     "doctor",
     "effective_policy",
@@ -152,6 +161,7 @@ __all__ = [
     "is_patched",
     "load",
     "load_policy",
+    "onnx_session",
     "patch",
     "patched",
     "run_in_sandbox",

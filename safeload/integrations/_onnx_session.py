@@ -250,9 +250,7 @@ def _external_locations(model: ModelProto) -> set[str]:
     return found
 
 
-def _external_files(
-    data: bytes, source: _Source, limits: Limits, name: str
-) -> dict[str, bytes]:
+def _external_files(data: bytes, source: _Source, limits: Limits, name: str) -> dict[str, bytes]:
     """Location -> the bytes of that side file, from verified memory or read once now."""
     import onnx
 
@@ -309,7 +307,7 @@ def _side_file(root: Path, key: str, limits: Limits, name: str) -> bytes:
             detail=exc.strerror,
         ) from None  # fmt: skip
     try:
-        opened = os.readlink(f"/proc/self/fd/{fd}")
+        opened = str(Path(f"/proc/self/fd/{fd}").readlink())
         if os.path.commonpath([real_root, opened]) != real_root:
             raise PolicyViolation(
                 "ONNX external data resolves outside the model folder", path=where,
@@ -523,7 +521,7 @@ class GuardedSession:
         outputs = self._check_outputs(output_names)
         feed = self._check_inputs(input_feed)
         options = ort.RunOptions()
-        options.log_severity_level = 3
+        options.log_severity_level = 4  # failures are raised, with detail; no stderr noise
         fired = threading.Event()
 
         def stop() -> None:
@@ -535,7 +533,7 @@ class GuardedSession:
         timer.start()
         try:
             return list(self._session.run(outputs, feed, options))
-        except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own family
+        except Exception as exc:  # onnxruntime raises its own family
             if fired.is_set():
                 raise LimitExceededError(
                     "ONNX inference ran past its time limit", path=self.name,
