@@ -395,11 +395,11 @@ def _session(onnx_bytes: bytes, work: Path, external: tuple[str, ...]) -> Any:
     """onnxruntime, hardened: CPU provider only, no custom op library, no fallback."""
     import onnxruntime as ort
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
+    from safeload.integrations._onnx_session import hardened_session_options
+
+    options = hardened_session_options(intra_op_num_threads=1)
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.log_severity_level = 3
     # With external data, ORT must find the side files: the checked ones, in the private folder.
     model: bytes | str = str(work / _ONNX_FILE) if external else onnx_bytes
     try:
