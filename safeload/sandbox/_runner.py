@@ -661,9 +661,9 @@ def sandboxed_read(
 ) -> object:
     """``safeload.formats.read`` of one file, done in the worker; returns the loaded object.
 
-    The loader's one-line call when policy says sandbox:
-    ``sandboxed_read(path, limits=policy.limits, framework=framework,
-    required_layers=policy.sandbox.required_layers)``.
+    The low-level form: the worker maps the file and checks every CRC itself, and the tensors
+    are copy-on-write views of the file. ``safeload.load(path, sandbox=True)`` reads the file
+    into private memory on every core while the worker starts, and is the call to use.
     """
     result = run_in_sandbox(
         "read",
