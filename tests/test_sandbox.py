@@ -371,6 +371,26 @@ def test_exit_status_and_usage_come_back_through_the_server() -> None:
     assert info.value.rule == "sandbox.cpu_seconds"
 
 
+@pytest.mark.parametrize("kind", ["file", "memfd"])
+def test_the_worker_cannot_change_the_bytes_the_parent_loads(tmp_path: Path, kind: str) -> None:
+    """A path is sent read-only; bytes and verified files go as a sealed memfd. Either way a
+    worker taken over by an exploit cannot write what the parent then builds tensors over."""
+    import errno as errno_
+
+    from safeload.integrations._load import _sandbox_input
+
+    data = b"PK-not-really-a-model" * 100
+    source: Any = data
+    if kind == "file":
+        source = tmp_path / "model.bin"
+        source.write_bytes(data)
+    with _sandbox_input(source, use_mmap=False, limits=LIMITS) as (item, held, _):
+        outcome = run_in_sandbox("attempt_write_input", [item], limits=LIMITS).value
+        assert outcome["blocked"] is True, outcome  # type: ignore[index]
+        assert set(outcome["errno"]) <= {errno_.EBADF, errno_.EPERM, errno_.EACCES}  # type: ignore[index]
+        assert bytes(held) == data and os.pread(item.fd, len(data), 0) == data
+
+
 def test_a_forked_child_forgets_the_server() -> None:
     from safeload.sandbox import _runner, prewarm
 

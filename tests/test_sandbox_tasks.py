@@ -140,6 +140,24 @@ def echo_modules(ctx: TaskContext) -> Outcome:
     return sorted(sys.modules), {}
 
 
+def attempt_write_input(ctx: TaskContext) -> Outcome:
+    """Change the bytes the parent will load: write to the input, then map it shared writable."""
+    import mmap
+
+    fd = ctx.fds[0]
+    try:
+        os.pwrite(fd, b"X", 0)
+    except OSError as write_exc:
+        try:
+            mm = mmap.mmap(fd, 0, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+        except OSError as map_exc:
+            errnos = [write_exc.errno, map_exc.errno]
+            return {"blocked": True, "step": "write+mmap", "errno": errnos}, {}
+        mm[0] = ord("X")
+        return _passed("mmap")
+    return _passed("pwrite")
+
+
 def echo_pid(ctx: TaskContext) -> Outcome:
     """The worker's own pid (as its parent, the fork server, sees it: pid namespaces stay off)."""
     return os.getpid(), {}
