@@ -290,8 +290,9 @@ class _Worker:
             ) from exc
 
     def _kill(self) -> None:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.pid, signal.SIGKILL)  # its session: anything it started goes too
+        if self.usable():  # still running, so its pid (and session id) cannot be reused yet
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.pid, signal.SIGKILL)  # its session: anything it started goes too
         self._let_go()
 
     def _let_go(self) -> None:
