@@ -109,6 +109,9 @@ def no_session(monkeypatch: pytest.MonkeyPatch) -> list[object]:
         calls.append(args)
         raise AssertionError("an onnxruntime session was created for a refused model")
 
+    from onnxruntime.capi import onnxruntime_inference_collection as collection
+
+    monkeypatch.setattr(collection, "InferenceSession", forbidden)
     monkeypatch.setattr(ort, "InferenceSession", forbidden)
     return calls
 
@@ -469,3 +472,42 @@ def test_public_names() -> None:
     assert safeload.GuardedSession is GuardedSession
     assert safeload.check_onnx_graph.__name__ == "check_onnx_graph"
     assert safeload.OnnxGraphInfo.__name__ == "OnnxGraphInfo"
+
+
+# -- safeload.patch(): onnxruntime.InferenceSession goes through the guard --------------------
+def test_patch_routes_inference_session_through_the_guard(tmp_path: Path) -> None:
+    original = ort.InferenceSession
+    good = tmp_path / "model.onnx"
+    good.write_bytes(_add_model(W).SerializeToString())
+    bad = _external_folder(tmp_path / "m", W)
+    bad.write_bytes(_add_model(W, location="../../etc/passwd").SerializeToString())
+    with safeload.patched():
+        assert ort.InferenceSession is not original
+        session = ort.InferenceSession(str(good))  # unchanged application code
+        assert isinstance(session, GuardedSession)
+        np.testing.assert_array_equal(session.run(None, {"x": X})[0], X + W)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = 1
+        session = ort.InferenceSession(good, options, providers=["CPUExecutionProvider"])
+        assert session.get_providers() == CPU
+        with pytest.raises(PolicyViolation) as info:
+            ort.InferenceSession(str(bad))
+        assert info.value.rule == "onnx.external_data"
+        with pytest.raises(UsageError) as usage:
+            ort.InferenceSession(str(good), providers=["CUDAExecutionProvider"])
+        assert usage.value.rule == "onnx.providers"
+        with pytest.raises(UsageError) as usage:
+            ort.InferenceSession(str(good), provider_options=[{"x": "1"}])
+        assert usage.value.rule == "patch.onnxruntime"
+    assert ort.InferenceSession is original
+
+
+def test_patch_is_audited_for_onnxruntime(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO, logger=AUDIT_LOGGER_NAME), safeload.patched():
+        pass
+    targets = [
+        json.loads(r.getMessage()).get("target")
+        for r in caplog.records
+        if r.name == AUDIT_LOGGER_NAME
+    ]
+    assert targets.count("onnxruntime.InferenceSession") == 2  # patched, then unpatched

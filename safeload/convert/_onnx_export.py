@@ -395,7 +395,10 @@ def _session(onnx_bytes: bytes, work: Path, external: tuple[str, ...]) -> Any:
     """onnxruntime, hardened: CPU provider only, no custom op library, no fallback."""
     import onnxruntime as ort
 
-    from safeload.integrations._onnx_session import hardened_session_options
+    from safeload.integrations._onnx_session import (
+        hardened_session_options,
+        inference_session_class,
+    )
 
     options = hardened_session_options(intra_op_num_threads=1)
     options.inter_op_num_threads = 1
@@ -403,7 +406,7 @@ def _session(onnx_bytes: bytes, work: Path, external: tuple[str, ...]) -> Any:
     # With external data, ORT must find the side files: the checked ones, in the private folder.
     model: bytes | str = str(work / _ONNX_FILE) if external else onnx_bytes
     try:
-        session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+        session = inference_session_class()(model, options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # noqa: BLE001 - ORT raises its own exception family
         raise ConversionError(
             "onnxruntime cannot load the exported model",

@@ -50,7 +50,7 @@ if TYPE_CHECKING:
     from safeload.policy import Limits, Policy, PolicyGate
     from safeload.signing import VerifiedFile, VerifiedModel
 
-__all__ = ["GuardedSession", "hardened_session_options", "onnx_session"]
+__all__ = ["GuardedSession", "hardened_session_options", "inference_session_class", "onnx_session"]
 
 logger = logging.getLogger(__name__)
 
@@ -114,6 +114,15 @@ def hardened_session_options(*, intra_op_num_threads: int | None = None) -> ort.
     for key, value in _SESSION_CONFIG.items():
         options.add_session_config_entry(key, value)
     return options
+
+
+def inference_session_class() -> type[ort.InferenceSession]:
+    """onnxruntime's own ``InferenceSession`` class, even while ``safeload.patch()`` has put
+    a guard at ``onnxruntime.InferenceSession`` (the guard itself must reach the real class)."""
+    from onnxruntime.capi.onnxruntime_inference_collection import InferenceSession
+
+    cls: type[ort.InferenceSession] = InferenceSession
+    return cls
 
 
 # -- the source ------------------------------------------------------------------------------
@@ -434,7 +443,6 @@ def _create(
     label: str,
 ) -> ort.InferenceSession:
     import numpy as np
-    import onnxruntime as ort
 
     # External data comes from memory; anything onnxruntime would still look for on disk is
     # looked for in an empty folder of ours, and fails.
@@ -450,7 +458,7 @@ def _create(
                 names, buffers, [len(b) for b in buffers]
             )
         try:
-            session = ort.InferenceSession(data, options, providers=list(providers))
+            session = inference_session_class()(data, options, providers=list(providers))
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own family
             raise FormatError(
                 "onnxruntime cannot load the checked model", path=label,

@@ -4,7 +4,8 @@ Replaces the loaders an application already calls with safeload's: ``torch.load`
 ``torch.serialization.load``, the same function) routes to :func:`safeload.load`;
 ``transformers.modeling_utils.load_state_dict`` (which transformers calls for every weight
 file, falling back to ``torch.load`` for ``.bin``) routes there too; ``numpy.load`` keeps
-working but refuses ``allow_pickle=True``. Nothing is patched that the app could not already
+working but refuses ``allow_pickle=True``; ``onnxruntime.InferenceSession`` becomes
+:func:`safeload.onnx_session`. Nothing is patched that the app could not already
 reach by attribute, and a name an app bound before patching (``from torch import load``)
 keeps the original: patch early, before such imports.
 
@@ -116,6 +117,43 @@ def _guard_numpy_load(original: Callable[..., Any]) -> Callable[..., Any]:
     return load
 
 
+def _guard_ort_session(original: Callable[..., Any]) -> Callable[..., Any]:
+    """``onnxruntime.InferenceSession`` -> :func:`safeload.onnx_session` (a ``GuardedSession``).
+
+    The caller's ``SessionOptions`` object is never used (nothing can tell whether a custom op
+    library was registered on it): only its ``intra_op_num_threads`` is carried over into
+    safeload's hardened options. Providers other than CPU, provider options and other keyword
+    arguments are refused; call ``safeload.onnx_session`` with ``unsafe_allow_providers``.
+    """
+
+    @functools.wraps(original, updated=())
+    def inference_session(
+        path_or_bytes: Any,
+        sess_options: Any = None,
+        providers: Any = None,
+        provider_options: Any = None,
+        **kwargs: Any,
+    ) -> Any:
+        from safeload.integrations._onnx_session import onnx_session
+
+        if provider_options or kwargs:
+            raise UsageError(
+                "provider options and extra arguments are refused under safeload.patch()",
+                rule="patch.onnxruntime",
+                detail="call safeload.onnx_session(...) directly",
+            )
+        threads = None
+        if sess_options is not None:
+            threads = int(sess_options.intra_op_num_threads) or None
+            logger.warning("onnxruntime.InferenceSession under safeload.patch(): the given "
+                           "SessionOptions are replaced by hardened ones (threads kept)")
+        return onnx_session(path_or_bytes, policy=_state.policy, intra_op_num_threads=threads,
+                            providers=("CPUExecutionProvider",) if providers is None
+                            else providers)  # fmt: skip
+
+    return inference_session
+
+
 def _targets() -> list[tuple[str, str, Callable[[Any], Any]]]:
     """(module, attribute, make-replacement-from-original) for what is importable now."""
     out: list[tuple[str, str, Callable[[Any], Any]]] = [("numpy", "load", _guard_numpy_load)]
@@ -127,6 +165,8 @@ def _targets() -> list[tuple[str, str, Callable[[Any], Any]]]:
     # attribute, which is patched above.
     if "transformers.modeling_utils" in sys.modules:
         out.append(("transformers.modeling_utils", "load_state_dict", _guard_load_state_dict))
+    if "onnxruntime" in sys.modules or importlib.util.find_spec("onnxruntime") is not None:
+        out.append(("onnxruntime", "InferenceSession", _guard_ort_session))
     return out
 
 
