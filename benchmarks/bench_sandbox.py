@@ -199,8 +199,9 @@ def main() -> None:
         print(f"{label}, sandbox=False vs True, median of {args.repeat} fresh processes:")
         for mode in modes:
             key = (how, mode)
-            print(f"  {mode:>12}: load {med(key, 'loaded_s'):.3f} s, load+touch "
-                  f"{med(key, 'wall_s'):.3f} s, "
+            walls = [r["wall_s"] for r in rows[key]]
+            print(f"  {mode:>13}: load {med(key, 'loaded_s'):.3f} s, load+touch "
+                  f"{med(key, 'wall_s'):.3f} s (range {min(walls):.3f}-{max(walls):.3f}), "
                   f"peak RSS {med(key, 'rss') / gib:.2f} GiB")  # fmt: skip
         for mode in modes[2:]:
             base = "inprocess-2nd" if mode == "sandbox-2nd" else "inprocess"
