@@ -11,6 +11,7 @@ import hashlib
 import json
 import logging
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -409,6 +410,42 @@ def test_timeout_stops_a_slow_graph() -> None:
     # The session still serves the next call (a fresh RunOptions each time).
     with pytest.raises(LimitExceededError):
         guarded.run(None, {"x": np.zeros((128, 128), np.float32)})
+
+
+def test_watchdog_keeps_only_calls_in_flight() -> None:
+    from safeload.integrations import _onnx_session
+
+    guarded = onnx_session(_add_model(W).SerializeToString())
+    for _ in range(500):
+        guarded.run(None, {"x": X})
+    assert len(_onnx_session._WATCHDOG._heap) <= 130  # finished tickets are dropped
+
+
+def test_timeout_in_a_forked_child() -> None:
+    """The watchdog thread does not survive fork; the child gets a fresh one."""
+    policy = Policy(onnx=OnnxPolicy(run_timeout_seconds=0.3))
+    data = _slow_model().SerializeToString()
+    slow = onnx_session(data, policy=policy, intra_op_num_threads=1)
+    onnx_session(_add_model(W).SerializeToString()).run(None, {"x": X})  # watchdog is running
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child reports through its exit code
+        code = 1
+        try:
+            slow.run(None, {"x": np.zeros((128, 128), np.float32)})
+        except LimitExceededError:
+            code = 0
+        finally:
+            os._exit(code)
+    for _ in range(300):  # at most 30 s, then kill rather than hang the suite
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        time.sleep(0.1)
+    else:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        raise AssertionError("the forked child's run was never stopped")
+    assert os.waitstatus_to_exitcode(status) == 0
 
 
 # -- providers and options -------------------------------------------------------------------

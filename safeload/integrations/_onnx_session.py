@@ -22,12 +22,15 @@ where onnxruntime's own CVEs have been.
 from __future__ import annotations
 
 import hashlib
+import heapq
+import itertools
 import logging
 import os
 import shutil
 import stat
 import tempfile
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
@@ -476,6 +479,76 @@ def _create(
     return session
 
 
+class _Ticket:
+    __slots__ = ("done", "fired", "options")
+
+    def __init__(self, options: ort.RunOptions) -> None:
+        self.options = options
+        self.done = False
+        self.fired = False
+
+
+class _Watchdog:
+    """One daemon thread for every session's deadlines: a heap of (deadline, ticket).
+
+    A thread (``threading.Timer``) per call cost ~0.5 ms, a hundred times a small model's
+    run. Here a call costs a lock and a heap push; finished tickets are dropped lazily, and
+    the heap is rebuilt once most of it is finished ones, so it stays as large as the calls
+    in flight. When a deadline passes, the call's own ``RunOptions.terminate`` is set and
+    onnxruntime stops at its next kernel boundary.
+    """
+
+    def __init__(self) -> None:
+        self._reset()
+
+    def _reset(self) -> None:
+        """Fresh state; also in a forked child, where the lock may have been held mid-fork."""
+        self._cond = threading.Condition(threading.Lock())
+        self._heap: list[tuple[float, int, _Ticket]] = []
+        self._order = itertools.count()
+        self._finished = 0
+        self._thread: threading.Thread | None = None
+
+    def watch(self, options: ort.RunOptions, timeout: float) -> _Ticket:
+        ticket = _Ticket(options)
+        with self._cond:
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._loop, name="safeload-onnx-watchdog", daemon=True
+                )
+                self._thread.start()
+            heapq.heappush(self._heap, (time.monotonic() + timeout, next(self._order), ticket))
+            if self._heap[0][2] is ticket:
+                self._cond.notify()
+        return ticket
+
+    def release(self, ticket: _Ticket) -> None:
+        with self._cond:
+            ticket.done = True
+            self._finished += 1
+            if self._finished > 64 and 2 * self._finished > len(self._heap):
+                self._heap = [entry for entry in self._heap if not entry[2].done]
+                heapq.heapify(self._heap)
+                self._finished = 0
+
+    def _loop(self) -> None:
+        with self._cond:
+            while True:
+                now = time.monotonic()
+                while self._heap and (self._heap[0][2].done or self._heap[0][0] <= now):
+                    _, _, ticket = heapq.heappop(self._heap)
+                    if ticket.done:
+                        self._finished = max(0, self._finished - 1)
+                    else:
+                        ticket.fired = True
+                        ticket.options.terminate = True
+                self._cond.wait(self._heap[0][0] - now if self._heap else None)
+
+
+_WATCHDOG = _Watchdog()
+os.register_at_fork(after_in_child=_WATCHDOG._reset)
+
+
 class GuardedSession:
     """An onnxruntime session over checked bytes; ``run`` checks every input first.
 
@@ -530,19 +603,11 @@ class GuardedSession:
         feed = self._check_inputs(input_feed)
         options = ort.RunOptions()
         options.log_severity_level = 4  # failures are raised, with detail; no stderr noise
-        fired = threading.Event()
-
-        def stop() -> None:
-            fired.set()
-            options.terminate = True
-
-        timer = threading.Timer(self._timeout, stop)
-        timer.daemon = True
-        timer.start()
+        ticket = _WATCHDOG.watch(options, self._timeout)
         try:
             return list(self._session.run(outputs, feed, options))
         except Exception as exc:  # onnxruntime raises its own family
-            if fired.is_set():
+            if ticket.fired:
                 raise LimitExceededError(
                     "ONNX inference ran past its time limit", path=self.name,
                     rule="onnx.run_timeout_seconds", detail=f"{self._timeout:g} s",
@@ -554,7 +619,7 @@ class GuardedSession:
                 detail=f"{type(exc).__name__}: {exc}"[:500],
             ) from None  # fmt: skip
         finally:
-            timer.cancel()
+            _WATCHDOG.release(ticket)
 
     def _check_outputs(self, output_names: Sequence[str] | None) -> list[str] | None:
         if output_names is None:
