@@ -78,11 +78,18 @@ def attempt_write(ctx: TaskContext) -> Outcome:
 
 
 def attempt_signal_parent(ctx: TaskContext) -> Outcome:
-    try:
-        os.kill(os.getppid(), 0)  # signal 0: a probe, harmless if it ever got through
-    except OSError as exc:
-        return _blocked("kill", exc)
-    return _passed("kill")
+    """Signal the caller (its pid comes in the params) and the fork server (our parent)."""
+    outcomes = []
+    for pid in (int(ctx.params["caller"]), os.getppid()):
+        try:
+            os.kill(pid, 0)  # signal 0: a probe, harmless if it ever got through
+        except OSError as exc:
+            outcomes.append(_blocked("kill", exc)[0])
+        else:
+            outcomes.append(_passed("kill")[0])
+    if outcomes[0] != outcomes[1]:
+        return {"blocked": "mixed", "step": "kill", "errno": None}, {}
+    return outcomes[0], {}
 
 
 def attempt_signal_self(ctx: TaskContext) -> Outcome:
