@@ -240,6 +240,21 @@ def test_sandbox_policy_refuses_in_process_runtime(tmp_path: Path, no_session: l
     assert info.value.rule == "sandbox.mode"
 
 
+def test_sandbox_policy_in_audit_mode_warns_and_runs(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "model.onnx"
+    path.write_bytes(_add_model(W).SerializeToString())
+    policy = Policy(mode="audit", sandbox={"mode": "always"})  # type: ignore[arg-type]
+    with caplog.at_level(logging.INFO, logger=AUDIT_LOGGER_NAME):
+        guarded = onnx_session(path, policy=policy)
+    events = [json.loads(r.getMessage())["event"] for r in caplog.records
+              if r.name == AUDIT_LOGGER_NAME]  # fmt: skip
+    assert "onnx_session.sandbox_mode" in events
+    np.testing.assert_array_equal(guarded.run(None, {"x": X})[0], X + W)
+    assert guarded.get_modelmeta() is not None
+
+
 # -- external data ---------------------------------------------------------------------------
 @pytest.mark.parametrize("location", ["w.bin", "sub/weights.data"])
 def test_external_data_inside_the_folder_works(tmp_path: Path, location: str) -> None:

@@ -416,7 +416,8 @@ def onnx_session(
                        "%s", ", ".join(extra))  # fmt: skip
     side = _external_files(data, source, limits, label) if info.external_data else {}
     session = _create(data, options, chosen, side, label)
-    return GuardedSession(session, info, digest.removeprefix("sha256:"), gate.policy, label, side)
+    del side  # onnxruntime copied the side files into its initializers
+    return GuardedSession(session, info, digest.removeprefix("sha256:"), gate.policy, label)
 
 
 def _sandbox_rule(gate: PolicyGate, source: _Source, label: str, needs: Any) -> None:
@@ -435,7 +436,11 @@ def _sandbox_rule(gate: PolicyGate, source: _Source, label: str, needs: Any) -> 
             detail="verify the model with a trusted signer and pass what safeload.verify "
             "returned (sandbox.mode 'untrusted' trusts verified models)",
         )  # fmt: skip
+    from safeload.policy import audit_event
+
     logger.warning("policy in audit mode: %s (%s)", message, label)
+    audit_event("onnx_session.sandbox_mode", gate.policy, level=logging.WARNING, path=label,
+                detail=message)  # fmt: skip
 
 
 def _create(
@@ -563,7 +568,6 @@ class GuardedSession:
         sha256: str,
         policy: Policy,
         name: str,
-        external: Mapping[str, bytes],
     ) -> None:
         self._session = session
         self.info = info
@@ -571,7 +575,6 @@ class GuardedSession:
         self.name = name
         self._limits = policy.limits
         self._timeout = float(policy.onnx.run_timeout_seconds)
-        self._external = external  # kept with the session that was built from it
         self._inputs = {i.name: i for i in session.get_inputs()}
         self._outputs = [o.name for o in session.get_outputs()]
 
@@ -586,6 +589,11 @@ class GuardedSession:
 
     def get_providers(self) -> list[str]:
         return list(self._session.get_providers())
+
+    def get_modelmeta(self) -> Any:
+        """The model's metadata (producer, graph name, custom metadata map) as onnxruntime
+        reports it: strings from the file, to display, never to act on."""
+        return self._session.get_modelmeta()
 
     def run(
         self, output_names: Sequence[str] | None, input_feed: Mapping[str, np.ndarray[Any, Any]]
