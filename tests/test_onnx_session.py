@@ -264,6 +264,38 @@ def test_external_data_inside_the_folder_works(tmp_path: Path, location: str) ->
     np.testing.assert_array_equal(guarded.run(None, {"x": X})[0], X + W)
 
 
+def _external_tensor(name: str, weights: np.ndarray[Any, Any], location: str) -> Any:
+    tensor = numpy_helper.from_array(weights, name)
+    tensor.ClearField("raw_data")
+    tensor.data_location = TensorProto.EXTERNAL
+    for key, value in (("location", location), ("length", str(weights.nbytes))):
+        entry = tensor.external_data.add()
+        entry.key, entry.value = key, value
+    return tensor
+
+
+def test_one_side_file_named_two_ways_is_read_and_counted_once(tmp_path: Path) -> None:
+    folder = tmp_path / "m"
+    folder.mkdir()
+    (folder / "w.bin").write_bytes(W.tobytes())
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["x", "W"], ["t"]), helper.make_node("Add", ["t", "V"], ["y"])],
+        "twice",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])],
+        [_external_tensor("W", W, "w.bin"), _external_tensor("V", W, "./w.bin")],
+    )
+    data = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+    path = folder / "model.onnx"
+    path.write_bytes(data)
+    room = len(data) + W.nbytes  # the model and one copy of the side file
+    guarded = onnx_session(path, policy=Policy(limits={"max_total_bytes": room}))  # type: ignore[arg-type]
+    np.testing.assert_array_equal(guarded.run(None, {"x": X})[0], X + 2 * W)
+    with pytest.raises(LimitExceededError) as info:
+        onnx_session(path, policy=Policy(limits={"max_total_bytes": room - 1}))  # type: ignore[arg-type]
+    assert info.value.rule == "limits.max_total_bytes"
+
+
 def test_external_data_forbidden_by_policy(tmp_path: Path, no_session: list[object]) -> None:
     path = _external_folder(tmp_path / "m", W)
     with pytest.raises(PolicyViolation) as info:

@@ -263,29 +263,35 @@ def _external_locations(model: ModelProto) -> set[str]:
 
 
 def _external_files(data: bytes, source: _Source, limits: Limits, name: str) -> dict[str, bytes]:
-    """Location -> the bytes of that side file, from verified memory or read once now."""
+    """Normalized location -> the bytes of that side file, from verified memory or read once.
+
+    Each file is read once however many spellings (``w.bin``, ``./w.bin``) name it, so a
+    model cannot multiply one big file in memory by naming it many ways; onnxruntime
+    normalizes locations the same way when it looks them up.
+    """
     import onnx
 
     model = onnx.ModelProto()
     model.ParseFromString(data)  # parsed fine a moment ago, in check_onnx_graph
     locations = _external_locations(model)
     del model
-    out: dict[str, bytes] = {}
+    files: dict[str, bytes] = {}
     total = len(data)
     for location in sorted(locations):
         key = os.path.normpath(location).replace(os.sep, "/")
-        if source.verified is not None:
-            out[location] = _verified_side_file(source.verified, key, location, name)
-        else:
-            assert source.root is not None  # the check refuses external data without a folder
-            out[location] = _side_file(source.root, key, limits, name)
-        total += len(out[location])
-        if total > limits.max_total_bytes:
-            raise LimitExceededError(
-                "ONNX model and its external data exceed the size limit",
-                path=name, rule="limits.max_total_bytes",
-            )  # fmt: skip
-    return out
+        if key not in files:
+            if source.verified is not None:
+                files[key] = _verified_side_file(source.verified, key, location, name)
+            else:
+                assert source.root is not None  # the check refuses external data without one
+                files[key] = _side_file(source.root, key, limits, name)
+            total += len(files[key])
+            if total > limits.max_total_bytes:
+                raise LimitExceededError(
+                    "ONNX model and its external data exceed the size limit",
+                    path=name, rule="limits.max_total_bytes",
+                )  # fmt: skip
+    return files
 
 
 def _verified_side_file(
@@ -459,13 +465,13 @@ def _create(
         options.add_session_config_entry(
             "session.model_external_initializers_file_folder_path", empty
         )
-        if side:
-            names = list(side)
-            buffers = [np.frombuffer(side[n], dtype=np.uint8) for n in names]
-            options.add_external_initializers_from_files_in_memory(
-                names, buffers, [len(b) for b in buffers]
-            )
         try:
+            if side:
+                names = list(side)
+                buffers = [np.frombuffer(side[n], dtype=np.uint8) for n in names]
+                options.add_external_initializers_from_files_in_memory(
+                    names, buffers, [len(b) for b in buffers]
+                )
             session = inference_session_class()(data, options, providers=list(providers))
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own family
             raise FormatError(
