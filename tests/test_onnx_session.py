@@ -595,3 +595,23 @@ def test_patch_is_audited_for_onnxruntime(caplog: pytest.LogCaptureFixture) -> N
         if r.name == AUDIT_LOGGER_NAME
     ]
     assert targets.count("onnxruntime.InferenceSession") == 2  # patched, then unpatched
+
+
+# -- safeload inspect model.onnx: the graph check's view ---------------------------------------
+def test_cli_inspect_prints_the_graph_check(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from safeload._cli import cli
+
+    path = _external_folder(tmp_path / "m", W)
+    result = CliRunner().invoke(cli, ["inspect", str(path)])
+    assert result.exit_code == 0, result.output
+    assert "format: onnx" in result.output and "external data: 'w.bin'" in result.output
+    assert "operators: Add" in result.output
+    result = CliRunner().invoke(cli, ["inspect", "--format", "json", str(path)])
+    doc = json.loads(result.output)
+    assert doc["format"] == "onnx" and doc["external_data"] == ["w.bin"] and doc["nodes"] == 1
+    path.write_bytes(_add_model(W, location="../../etc/passwd").SerializeToString())
+    result = CliRunner().invoke(cli, ["inspect", str(path)])
+    assert result.exit_code == 1
+    assert "onnx.external_data" in result.output
