@@ -15,8 +15,8 @@ to load instead of reading unchecked bytes.
 
 Threat model: the model bytes, its external data and every name in them are the attacker's;
 the providers, thread count and inputs are the caller's. Inputs are still checked (names,
-dtypes, ranks, fixed dims, sizes) because a native kernel fed a shape it was not built for is
-where onnxruntime's own CVEs have been.
+dtypes, ranks, fixed dims, sizes) because a native kernel fed a shape or type the graph did
+not declare is the classic way into an out-of-bounds read, and a clear refusal beats a crash.
 """
 
 from __future__ import annotations
