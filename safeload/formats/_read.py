@@ -46,7 +46,7 @@ _NPY_HEAD = 1 << 16
 logger = logging.getLogger(__name__)
 
 _UNSUPPORTED = {
-    Format.ONNX: "load ONNX models through onnxruntime (safeload's ORT session wrapper)",
+    Format.ONNX: "run ONNX models with safeload.onnx_session (graph checked against the policy)",
     Format.GGUF: "GGUF is read by llama.cpp-style runtimes, not by safeload",
     Format.JOBLIB: "joblib pickles rebuild arbitrary Python objects; export to safetensors or .npz",
     Format.KERAS: "Keras archives can carry Lambda-layer bytecode; safeload does not read them",

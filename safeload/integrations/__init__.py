@@ -1,5 +1,6 @@
 """integrations capability: ``load`` (the ``torch.load`` replacement), ``inspect`` and
-``get_unsafe_globals``; later ``from_pretrained``, ``patch()`` and the ORT session wrapper."""
+``get_unsafe_globals``, ``scan``, ``from_pretrained``, ``patch()``, and the guarded ONNX Runtime
+session (``onnx_session``) with its graph check."""
 
 from __future__ import annotations
 

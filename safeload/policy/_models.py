@@ -375,7 +375,7 @@ class OnnxPolicy(BaseModel):
     """Largest total size of initializers, in bytes."""
 
     run_timeout_seconds: float = Field(default=60, gt=0)
-    """Longest one inference call may run in the sandbox before it is killed."""
+    """Longest one inference call (``onnx_session``'s ``run``) may take before it is stopped."""
 
     @model_validator(mode="after")
     def _opset_range(self) -> OnnxPolicy:
