@@ -11,16 +11,14 @@ import json
 import logging
 import os
 import sys
-import time
-from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 import click
 
 import safeload
+from safeload._cli._progress import LazyBar
 
 if TYPE_CHECKING:
-    from rich.progress import Progress, TaskID
 
     from safeload.convert import ConversionReport
 
@@ -29,47 +27,6 @@ __all__ = ["convert"]
 logger = logging.getLogger(__name__)
 
 _BAR_AFTER_BYTES = 64 << 20
-_BAR_AFTER_SECONDS = 1.0
-
-
-class _LazyBar:
-    """A rich bar on an interactive stderr, once the check proves big or slow enough."""
-
-    def __init__(self, enabled: bool) -> None:
-        self._enabled = enabled
-        self._started = time.monotonic()
-        self._bar: Progress | None = None
-        self._task: TaskID | None = None
-
-    def __enter__(self) -> _LazyBar:
-        return self
-
-    def __call__(self, done: int, total: int) -> None:
-        if not self._enabled:
-            return
-        if self._bar is None:
-            big = total > _BAR_AFTER_BYTES
-            slow = time.monotonic() - self._started > _BAR_AFTER_SECONDS
-            if not (big or slow):
-                return
-            from rich.console import Console
-            from rich.progress import Progress
-
-            bar = Progress(console=Console(stderr=True), transient=True)
-            bar.start()
-            self._task = bar.add_task("checking tensors", total=total)
-            self._bar = bar
-        assert self._task is not None
-        self._bar.update(self._task, completed=done)
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if self._bar is not None:
-            self._bar.stop()
 
 
 def _shape(text: str) -> tuple[int, ...]:
@@ -207,7 +164,8 @@ def _run(
     if model is not None or input_shapes or opset is not None:
         raise click.UsageError("--model, --input-shape and --opset are for --to onnx")
     interactive = sys.stderr.isatty() and os.environ.get("TERM") != "dumb"
-    with _LazyBar(interactive) as bar:
+    with LazyBar(interactive, "checking tensors", after_total=_BAR_AFTER_BYTES) as bar:
         return safeload.to_safetensors(
-            source, output, policy=policy, sandbox=sandbox, overwrite=overwrite, progress=bar
-        )
+            source, output, policy=policy, sandbox=sandbox, overwrite=overwrite,
+            progress=bar.update,
+        )  # fmt: skip

@@ -9,63 +9,17 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 from pathlib import Path
-from types import TracebackType
-from typing import TYPE_CHECKING
 
 import click
 
 import safeload
+from safeload._cli._progress import LazyBar
 from safeload._cli._render import render
-
-if TYPE_CHECKING:
-    from rich.progress import Progress, TaskID
 
 __all__ = ["scan"]
 
-_PROGRESS_AFTER_SECONDS = 1.0
 _PROGRESS_AFTER_FILES = 50
-
-
-class _LazyProgress:
-    """A rich progress bar that only appears once the scan is long enough to need one."""
-
-    def __init__(self, enabled: bool) -> None:
-        self._enabled = enabled
-        self._started = time.monotonic()
-        self._bar: Progress | None = None
-        self._task: TaskID | None = None
-
-    def __enter__(self) -> _LazyProgress:
-        return self
-
-    def __call__(self, done: int, total: int, path: str) -> None:
-        if not self._enabled:
-            return
-        if self._bar is None:
-            long = total > _PROGRESS_AFTER_FILES
-            slow = time.monotonic() - self._started > _PROGRESS_AFTER_SECONDS
-            if not (long or slow):
-                return
-            from rich.console import Console
-            from rich.progress import Progress
-
-            bar = Progress(console=Console(stderr=True), transient=True)
-            bar.start()
-            self._task = bar.add_task("scanning", total=total)
-            self._bar = bar
-        assert self._task is not None
-        self._bar.update(self._task, completed=done, description=Path(path).name[:40])
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if self._bar is not None:
-            self._bar.stop()
 
 
 @click.command("scan")
@@ -107,7 +61,11 @@ def scan(
     file is imported or executed. Text and configuration files are skipped (see docs/cli.md).
     """
     interactive = sys.stderr.isatty() and os.environ.get("TERM") != "dumb"
-    with _LazyProgress(interactive) as progress:
+    with LazyBar(interactive, "scanning", after_total=_PROGRESS_AFTER_FILES) as bar:
+
+        def progress(done: int, total: int, path: str) -> None:
+            bar.update(done, total, Path(path).name[:40])
+
         report = safeload.scan(list(paths), policy=policy, progress=progress, sandbox=sandbox)
     color = (
         output is None and fmt == "text" and sys.stdout.isatty() and "NO_COLOR" not in os.environ
