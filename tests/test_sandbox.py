@@ -481,8 +481,11 @@ def test_ignored_sigchld_in_the_caller_loses_no_exit_status() -> None:
     wait for its own children) still learns how a worker that never answered ended."""
     import signal
 
+    from safeload.sandbox import prewarm
+
     previous = signal.signal(signal.SIGCHLD, signal.SIG_IGN)
     try:
+        prewarm(False)  # the next job starts a server while SIGCHLD is ignored here
         assert run_in_sandbox("probe", [], limits=LIMITS).value is None
         with pytest.raises(SandboxError) as info:
             run_in_sandbox("echo_crash", [], limits=LIMITS)

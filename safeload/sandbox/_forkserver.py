@@ -77,7 +77,7 @@ class ForkServer:
             ]
             argv = [sys.executable, "-I", _BOOTSTRAP, "--fork-server"]
             self.pid = os.posix_spawn(sys.executable, argv, self.env, file_actions=actions,
-                                      setsid=True)  # fmt: skip
+                                      setsid=True, setsigdef=(signal.SIGCHLD,))  # fmt: skip
         except OSError as exc:
             self.ctl.close()
             os.close(self.log_fd)

@@ -37,6 +37,7 @@ import os
 import pkgutil
 import re
 import select
+import signal
 import socket
 import struct
 import sys
@@ -518,6 +519,9 @@ def serve() -> None:
     ``wait4``) on that job's status socket. End of file on fd 0 (the parent closed it or died)
     ends the server; running workers are the parent's to kill.
     """
+    # posix_spawn keeps ignored signals ignored: a caller that ignores SIGCHLD would make the
+    # kernel reap our children before we can read their exit status.
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     failure: BaseException | None = None
     try:
         _preload()
@@ -533,7 +537,11 @@ def serve() -> None:
                 pid, status_fd = children.pop(fd)
                 poller.unregister(fd)
                 os.close(fd)
-                _, status, usage = os.wait4(pid, 0)
+                try:
+                    _, status, usage = os.wait4(pid, 0)
+                except ChildProcessError:  # reaped elsewhere: the parent fails closed on EOF
+                    os.close(status_fd)
+                    continue
                 facts = {"status": status, "utime": usage.ru_utime, "stime": usage.ru_stime,
                          "maxrss": usage.ru_maxrss}  # fmt: skip
                 with contextlib.suppress(OSError):  # the parent stopped listening: fine
