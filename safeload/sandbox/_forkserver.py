@@ -38,6 +38,11 @@ __all__ = ["ForkServer", "worker_env"]
 _BOOTSTRAP = str(Path(__file__).resolve().with_name("_bootstrap.py"))
 _ANSWER_TIMEOUT = 30.0  # a fork takes milliseconds; only a wedged server takes this long
 _LOG_TAIL = 2000
+_RESET = tuple(
+    getattr(signal, name)
+    for name in ("SIGCHLD", "SIGXCPU", "SIGXFSZ", "SIGTERM", "SIGINT")
+    if hasattr(signal, name)  # importing safeload.sandbox works anywhere; running it needs Linux
+)
 
 
 def worker_env() -> dict[str, str]:
@@ -76,8 +81,10 @@ class ForkServer:
                 (os.POSIX_SPAWN_DUP2, high[1], 2),
             ]
             argv = [sys.executable, "-I", _BOOTSTRAP, "--fork-server"]
+            # Nothing of the caller's signal state: an ignored SIGCHLD would let the kernel reap
+            # workers before the server reads their status; a blocked mask would be inherited.
             self.pid = os.posix_spawn(sys.executable, argv, self.env, file_actions=actions,
-                                      setsid=True, setsigdef=(signal.SIGCHLD,))  # fmt: skip
+                                      setsid=True, setsigmask=(), setsigdef=_RESET)  # fmt: skip
         except OSError as exc:
             self.ctl.close()
             os.close(self.log_fd)
