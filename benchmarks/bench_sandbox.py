@@ -40,6 +40,10 @@ if mode == "inprocess-2nd":  # the fair baseline for a second load: same warm pr
     safeload.load(path, sandbox=False, mmap=use_mmap)
 if mode == "sandbox-warm":
     prewarm()  # an application does this at start-up, long before its first load
+if mode in ("inprocess", "sandbox", "sandbox-warm"):
+    # The same pause before every first load: this VM hands freed memory back to its host a
+    # moment after a process exits, and faulting it in again is slower; a pause in one mode
+    # only would charge that to the mode.
     time.sleep(3)
 if mode == "sandbox-2nd":  # back to back: the spare started after this load is the next worker
     safeload.load(path, sandbox=True, mmap=use_mmap)
