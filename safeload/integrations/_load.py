@@ -472,9 +472,11 @@ def _decide(
 # -- the sandbox -----------------------------------------------------------------------------
 def _trusted(f: object, gate: PolicyGate) -> bool:
     """A file ``safeload.verify`` returned: it only exists once a trusted signer checked out."""
+    if not gate.verified or isinstance(f, (str, os.PathLike, bytes, bytearray, memoryview)):
+        return False  # and no need to import the signing stack (cryptography) to know it
     from safeload.signing import VerifiedFile
 
-    return gate.verified and isinstance(f, VerifiedFile)
+    return isinstance(f, VerifiedFile)
 
 
 def _use_sandbox(sandbox: bool | None, gate: PolicyGate, f: object) -> bool:
