@@ -10,10 +10,12 @@ buffer; a verified file object is read through its ``buffer()``, never re-opened
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import mmap as _mmap
 import os
 import stat
+import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -30,7 +32,7 @@ from safeload.policy import Limits, Policy
 
 if TYPE_CHECKING:
     from safeload.policy import PolicyGate
-    from safeload.sandbox._runner import SandboxInput
+    from safeload.sandbox._runner import SandboxInput, WorkerSlot
 
 __all__ = ["ModelInfo", "get_unsafe_globals", "inspect", "load"]
 
@@ -380,6 +382,27 @@ def load_detailed(
         raise UsageError(f"unknown framework {framework!r}", rule="load.framework")
     if framework == "numpy" and device is not None:
         raise UsageError("map_location needs framework='torch'", rule="load.map_location")
+    with contextlib.ExitStack() as stack:
+        early = None
+        if sandbox is True and sys.platform == "linux":
+            # Asked for outright: get a worker before resolving the policy, so a first job's
+            # fork server starts while this process imports and reads the policy and the file.
+            from safeload.sandbox._runner import WorkerSlot
+
+            early = stack.enter_context(WorkerSlot())
+        return _load_with(f, device, framework, limits, policy, sandbox, bool(mmap), early)
+
+
+def _load_with(
+    f: Any,
+    device: str | None,
+    framework: Literal["torch", "numpy"],
+    limits: Limits | None,
+    policy: Policy | str | os.PathLike[str] | None,
+    sandbox: bool | None,
+    mmap: bool,
+    early: WorkerSlot | None,
+) -> Loaded:
     from safeload.formats._safe_globals import get_safe_globals
     from safeload.policy import policy_gate, select_extra_globals
 
@@ -388,10 +411,10 @@ def load_detailed(
     layers: tuple[str, ...] = ()
     sandboxed = _use_sandbox(sandbox, gate, f)
     if sandboxed:
-        value, name, fmt, layers = _load_sandboxed(f, gate, framework, bool(mmap))
+        value, name, fmt, layers = _load_sandboxed(f, gate, framework, mmap, early)
     else:
         extra = select_extra_globals(gate.policy, get_safe_globals())
-        data, name, crcs = _bytes_of(f, use_mmap=bool(mmap), limits=limits, take=True)
+        data, name, crcs = _bytes_of(f, use_mmap=mmap, limits=limits, take=True)
         result = _read_buffer(
             data,
             name=name,
@@ -498,7 +521,11 @@ def _use_sandbox(sandbox: bool | None, gate: PolicyGate, f: object) -> bool:
 
 
 def _load_sandboxed(
-    f: object, gate: PolicyGate, framework: Literal["torch", "numpy"], use_mmap: bool
+    f: object,
+    gate: PolicyGate,
+    framework: Literal["torch", "numpy"],
+    use_mmap: bool,
+    early: WorkerSlot | None = None,
 ) -> tuple[Any, str, str, tuple[str, ...]]:
     """Parse in the worker; decide on what it returned; give back (value, name, format, layers).
 
@@ -514,7 +541,8 @@ def _load_sandboxed(
 
     limits = gate.limits
     name = _name_of(f)
-    with WorkerSlot() as slot, _sandbox_input(f, use_mmap=use_mmap, limits=limits) as staged:
+    owned = contextlib.nullcontext(early) if early is not None else WorkerSlot()
+    with owned as slot, _sandbox_input(f, use_mmap=use_mmap, limits=limits) as staged:
         item, data, unchanged = staged
         try:
             result = run_in_sandbox(
