@@ -226,3 +226,23 @@ def test_patch_events_reach_the_policy_audit_log(tmp_path: Path,
     assert ("patched", "torch.load") in events and ("unpatched", "torch.load") in events
     assert ("decision", None) in events  # the load itself was decided and audited
     assert all(r["policy_digest"] == policy.digest() for r in lines)
+
+
+@pytest.mark.skipif(__import__("sys").platform != "linux", reason="the sandbox needs Linux")
+def test_a_sandboxing_policy_starts_the_fork_server_at_patch_time(tmp_path: Path) -> None:
+    """The server starts with the application, not inside its first load; loads still work."""
+    from safeload.policy import SandboxPolicy
+    from safeload.sandbox import _runner, prewarm
+
+    prewarm(False)
+    safeload.patch(policy=Policy())  # the default policy never sandboxes: nothing started
+    assert _runner._server is None
+    safeload.unpatch()
+    safeload.patch(policy=Policy(sandbox=SandboxPolicy(mode="always")))
+    try:
+        assert _runner._server is not None and _runner._server.alive()
+        path = tmp_path / "m.pt"
+        torch.save({"w": torch.arange(4.0)}, path)
+        assert torch.equal(torch.load(path)["w"], torch.arange(4.0))  # through the worker
+    finally:
+        safeload.unpatch()

@@ -252,7 +252,9 @@ def patch(*, policy: Policy | str | os.PathLike[str] | None = None) -> None:
     """Route ``torch.load`` (and transformers' and NumPy's loaders) through safeload.
 
     Idempotent; a second call with a different policy is refused rather than silently
-    switching the policy under running code. Undo with :func:`unpatch`.
+    switching the policy under running code. Undo with :func:`unpatch`. When the policy sends
+    loads to the sandbox (``sandbox.mode`` other than ``never``), the sandbox's fork server is
+    started now, at the application's start-up, instead of inside its first load.
     """
     load_policy, audit_policy = _resolve(policy)
     with _state.lock:
@@ -264,6 +266,21 @@ def patch(*, policy: Policy | str | os.PathLike[str] | None = None) -> None:
             return
         _install(load_policy, audit_policy)
         _state.explicit = True
+    _prewarm_for(audit_policy)
+
+
+def _prewarm_for(policy: Policy) -> None:
+    """Start the fork server if this policy will use it (best effort: a failure here only
+    means the first sandboxed load starts it, or reports why it cannot)."""
+    if policy.sandbox.mode == "never" or sys.platform != "linux":
+        return
+    from safeload.errors import SandboxError
+    from safeload.sandbox import prewarm
+
+    try:
+        prewarm()
+    except SandboxError as exc:
+        logger.debug("could not start the sandbox fork server at patch(): %s", exc)
 
 
 def unpatch() -> None:
