@@ -175,6 +175,51 @@ def echo_crash(ctx: TaskContext) -> Outcome:
     os._exit(3)
 
 
+def attempt_prlimit_other(ctx: TaskContext) -> Outcome:
+    """Rewrite another process's limits (the caller's pid in ``params``, then the fork server's).
+
+    It writes back the values it read, so a pass changes nothing; only the reach is tested.
+    """
+    import resource
+
+    out = {}
+    for label, pid in (("caller", int(ctx.params["pid"])), ("server", os.getppid())):
+        try:
+            now = resource.prlimit(pid, resource.RLIMIT_NOFILE)
+            resource.prlimit(pid, resource.RLIMIT_NOFILE, now)
+        except OSError as exc:
+            out[label] = exc.errno
+        else:
+            out[label] = None
+    return out, {}
+
+
+def attempt_robust_list_other(ctx: TaskContext) -> Outcome:
+    """Read the caller's robust-futex list head (an address in its libc TLS: a layout leak)."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    head, size = ctypes.c_void_p(), ctypes.c_size_t()
+    nr = {"x86_64": 274, "aarch64": 100}[os.uname().machine]
+    rc = libc.syscall(nr, int(ctx.params["pid"]), ctypes.byref(head), ctypes.byref(size))
+    if rc != 0:
+        return {"blocked": True, "step": "get_robust_list", "errno": ctypes.get_errno()}, {}
+    return _passed("get_robust_list")
+
+
+def attempt_prlimit_self(ctx: TaskContext) -> Outcome:
+    """Read and rewrite its own limits, as getrlimit/setrlimit (prlimit64 on pid 0) do."""
+    import resource
+
+    try:
+        now = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, now)
+        resource.prlimit(os.getpid(), resource.RLIMIT_NOFILE)
+    except OSError as exc:
+        return _blocked("prlimit self", exc)
+    return _passed("prlimit self")
+
+
 TASKS = {
     name: fn
     for name, fn in globals().items()

@@ -10,7 +10,7 @@ Shape of the filter (default deny, as every allowlist here):
 1. wrong architecture (or x32 ABI on x86_64) -> kill the process: numbers would mean other calls;
 2. ``clone`` only with ``CLONE_THREAD`` (threads yes, new processes no); ``clone3`` -> ENOSYS, so
    libc falls back to ``clone``, whose flags the filter can read;
-3. ``kill`` / ``tgkill`` only aimed at the worker itself;
+3. ``kill`` / ``tgkill`` / ``prlimit64`` only aimed at the worker itself;
 4. the allowlisted calls -> allow; everything else (execve, socket, ptrace, mount, unshare, ...)
    -> EPERM.
 
@@ -77,7 +77,7 @@ _ALLOWED: tuple[str, ...] = (
     "rt_sigprocmask",
     "rt_sigreturn", "sigaltstack", "clock_gettime", "clock_getres", "gettimeofday", "nanosleep",
     "clock_nanosleep",
-    "getrandom", "prlimit64", "getrlimit", "getrusage", "sysinfo", "uname", "poll", "ppoll",
+    "getrandom", "getrlimit", "getrusage", "sysinfo", "uname", "poll", "ppoll",
     "pipe2", "exit", "exit_group",
 )  # fmt: skip
 
@@ -174,6 +174,18 @@ def build_filter(machine: str, self_pid: int) -> bytes:
             _stmt(_RET_K, _RET_ALLOW),
             _stmt(_RET_K, deny),
         ]
+    # prlimit64(pid, ...): only pid 0 (itself), as getrlimit/setrlimit call it. Any other pid of
+    # the same user would let the worker rewrite the caller's or the fork server's limits.
+    prog += [
+        _jump(_JEQ_K, table["prlimit64"], 0, 7),
+        _stmt(_LD_W_ABS, _off_arg_hi(0)),
+        _jump(_JEQ_K, 0, 0, 3),
+        _stmt(_LD_W_ABS, _off_arg_lo(0)),
+        _jump(_JEQ_K, 0, 2, 0),
+        _jump(_JEQ_K, self_pid, 1, 0),
+        _stmt(_RET_K, deny),
+        _stmt(_RET_K, _RET_ALLOW),
+    ]
     # The allowlist: each JEQ jumps forward to the shared ALLOW at the end.
     n = len(allowed)
     for i, nr in enumerate(allowed):

@@ -1,0 +1,67 @@
+"""Red-team findings on the code that landed on 2026-11-28: one test per attack, named after it.
+
+Hostile code that must run *inside* a worker lives in ``tests/test_sandbox_tasks.py`` (loaded
+through ``SAFELOAD_SANDBOX_TEST_TASKS``); everything here is real artefacts, no mocks.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from safeload.policy import Limits
+from safeload.sandbox import DoctorReport, doctor, run_in_sandbox
+
+TASKS_FILE = Path(__file__).with_name("test_sandbox_tasks.py")
+LIMITS = Limits()
+
+
+@pytest.fixture(autouse=True)
+def _test_tasks(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SAFELOAD_SANDBOX_TEST_TASKS", str(TASKS_FILE))
+
+
+@pytest.fixture(scope="module")
+def machine() -> DoctorReport:
+    return doctor()
+
+
+def need(machine: DoctorReport, *layers: str) -> None:
+    for name in layers:
+        report = machine.layer(name)
+        if not report.applied:
+            pytest.skip(f"sandbox layer {name} not available here: {report.reason}")
+
+
+def attempt(task: str, inputs: list[Path] | None = None, **params: Any) -> Any:
+    result = run_in_sandbox(task, inputs or [], limits=LIMITS, params=params, timeout=60)
+    assert all(r.applied for r in result.layers)
+    return result.value
+
+
+# --- a worker reaching other processes of the same user -------------------------------------
+
+
+def test_prlimit_on_caller_and_fork_server_is_refused(machine: DoctorReport) -> None:
+    """prlimit64 was allowed for any pid: a taken-over worker could set the caller's
+    RLIMIT_AS or RLIMIT_CPU (same uid is all the kernel asks) and crash or kill it."""
+    need(machine, "seccomp")
+    value = attempt("attempt_prlimit_other", pid=os.getpid())
+    assert value == {"caller": errno.EPERM, "server": errno.EPERM}
+
+
+def test_prlimit_on_itself_still_works(machine: DoctorReport) -> None:
+    need(machine, "seccomp")
+    value = attempt("attempt_prlimit_self")
+    assert value["blocked"] is False
+
+
+def test_get_robust_list_of_caller_is_refused(machine: DoctorReport) -> None:
+    """The robust-futex head is an address in the caller's libc: a layout leak if readable."""
+    need(machine, "seccomp")
+    value = attempt("attempt_robust_list_other", pid=os.getpid())
+    assert value["blocked"] is True
