@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from safeload.policy import Limits
-from safeload.sandbox import DoctorReport, doctor, run_in_sandbox
+from safeload.sandbox import DoctorReport, SandboxInput, doctor, run_in_sandbox
 
 TASKS_FILE = Path(__file__).with_name("test_sandbox_tasks.py")
 LIMITS = Limits()
@@ -65,3 +65,41 @@ def test_get_robust_list_of_caller_is_refused(machine: DoctorReport) -> None:
     need(machine, "seccomp")
     value = attempt("attempt_robust_list_other", pid=os.getpid())
     assert value["blocked"] is True
+
+
+def test_worker_holds_only_its_job_descriptors(tmp_path: Path) -> None:
+    """A worker must hold fds 0-4, its inputs and its own /proc/self/status, nothing of the
+    caller's (an inheritable descriptor included) nor of the fork server's."""
+    model = tmp_path / "in.bin"
+    model.write_bytes(b"x" * 10)
+    leaked = os.open(model, os.O_RDONLY)
+    os.set_inheritable(leaked, True)
+    try:
+        value = attempt("echo_open_fds", [model])
+    finally:
+        os.close(leaked)
+    assert set(value) == {"0", "1", "2", "3", "4", "5", "6"}
+    assert value["0"][0] == "sock"
+    assert all(value[str(fd)][0] == "reg" for fd in range(1, 6))
+    assert value["6"] == ["reg", os.stat("/proc/self/status").st_dev]  # its own status file
+
+
+def test_landlock_grant_follows_the_descriptor_not_a_renamed_path(
+    machine: DoctorReport, tmp_path: Path
+) -> None:
+    """The parent names an input's path for Landlock from a second resolution (``realpath``
+    after ``open``); if the name is swapped in between (a symlink to a secret), the worker got
+    read access to the secret. The grant must cover only the file behind the descriptor."""
+    need(machine, "landlock")
+    model = tmp_path / "model.bin"
+    model.write_bytes(b"model")
+    secret = tmp_path / "secret.txt"
+    secret.write_text("secret")
+    fd = os.open(model, os.O_RDONLY)
+    try:
+        # What a swap between open() and realpath() leaves: the fd on model, the path on secret.
+        value = attempt("attempt_read_granted_path", [SandboxInput(fd, "model.bin", path=secret)])
+    finally:
+        os.close(fd)
+    assert value["blocked"] is True
+    assert value["errno"] == errno.EACCES

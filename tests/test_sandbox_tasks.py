@@ -220,6 +220,30 @@ def attempt_prlimit_self(ctx: TaskContext) -> Outcome:
     return _passed("prlimit self")
 
 
+def echo_open_fds(ctx: TaskContext) -> Outcome:
+    """Every descriptor the worker holds (probed with fstat, which Landlock does not gate)."""
+    import stat
+
+    found = {}
+    for fd in range(4096):
+        try:
+            mode = os.fstat(fd).st_mode
+        except OSError:
+            continue
+        kind = "sock" if stat.S_ISSOCK(mode) else "reg" if stat.S_ISREG(mode) else "other"
+        found[str(fd)] = [kind, os.fstat(fd).st_dev]
+    return found, {}
+
+
+def attempt_read_granted_path(ctx: TaskContext) -> Outcome:
+    """Read the input by the *path* the parent named, which may not be the file behind fd 5."""
+    try:
+        data = ctx.paths[0].read_bytes()
+    except OSError as exc:
+        return _blocked("open path", exc)
+    return {"blocked": False, "step": "open path", "errno": None, "data": data.decode()}, {}
+
+
 TASKS = {
     name: fn
     for name, fn in globals().items()

@@ -433,7 +433,11 @@ def _run(request: dict[str, Any], reports: list[_layers.LayerReport]) -> dict[st
     if task is None:
         raise SandboxError(f"unknown sandbox task {request['task']!r}", rule="sandbox.task")
     limits = Limits.model_validate(request["limits"])
-    layer("landlock", lambda: _layers.apply_landlock(paths, out_dir, required))
+    # Grant the files behind our descriptors, not the names the parent sent: a name resolved
+    # apart from its open() may have been swapped (a symlink to a secret) in between.
+    inputs = zip(fds, request["inputs"], strict=True)
+    grants = [Path(f"/proc/self/fd/{fd}") for fd, item in inputs if item["path"]]
+    layer("landlock", lambda: _layers.apply_landlock(grants, out_dir, required))
     layer("seccomp", lambda: _layers.apply_seccomp(required))
     crcs = [_crc_hints(i.get("crcs")) for i in request["inputs"]]
     ctx = TaskContext(names, paths, fds, limits, out_dir, dict(request["params"]), crcs)
