@@ -103,3 +103,55 @@ def test_landlock_grant_follows_the_descriptor_not_a_renamed_path(
         os.close(fd)
     assert value["blocked"] is True
     assert value["errno"] == errno.EACCES
+
+
+# --- ONNX external data ---------------------------------------------------------------------
+
+
+def _onnx_add_model(location: str, nbytes: int) -> bytes:
+    pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    w = helper.make_tensor("W", TensorProto.FLOAT, [2, 3], vals=[0.0] * 6)
+    w.ClearField("float_data")
+    w.data_location = TensorProto.EXTERNAL
+    for key, value in (("location", location), ("offset", "0"), ("length", str(nbytes))):
+        entry = w.external_data.add()
+        entry.key, entry.value = key, value
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["x", "W"], ["y"])], "add",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])], [w],
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    return bytes(model.SerializeToString())
+
+
+def test_onnx_external_data_hard_link_to_a_file_outside_the_folder_is_refused(
+    tmp_path: Path,
+) -> None:
+    """A hard link in the model folder (a tar extracted with Python's tarfile before 3.14 may
+    make one to any file of the user's) passes every path check: the session must not read
+    a side file that has other names, since one of them may be outside the folder."""
+    pytest.importorskip("onnxruntime")
+    import numpy as np
+
+    from safeload.errors import PolicyViolation
+    from safeload.integrations._onnx_session import onnx_session
+
+    secret = tmp_path / "secret.bin"
+    secret.write_bytes(np.arange(6, dtype=np.float32).tobytes())
+    folder = tmp_path / "m"
+    folder.mkdir()
+    os.link(secret, folder / "w.bin")
+    path = folder / "model.onnx"
+    path.write_bytes(_onnx_add_model("w.bin", 24))
+    with pytest.raises(PolicyViolation) as info:
+        onnx_session(path)
+    assert info.value.rule == "onnx.external_data"
+    assert "hard link" in (info.value.detail or "")
+    (folder / "w.bin").unlink()  # the same bytes under one name only: fine
+    (folder / "w.bin").write_bytes(secret.read_bytes())
+    x = np.ones((2, 3), dtype=np.float32)
+    got = onnx_session(path).run(None, {"x": x})[0]
+    np.testing.assert_array_equal(got, x + np.arange(6, dtype=np.float32).reshape(2, 3))

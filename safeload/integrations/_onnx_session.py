@@ -313,7 +313,8 @@ def _side_file(root: Path, key: str, limits: Limits, name: str) -> bytes:
     """Read one external data file inside ``root``; refuse it if, once open, it is elsewhere.
 
     The graph check resolved the location inside the folder; a link swapped in since then is
-    caught by asking the kernel where the open descriptor really points.
+    caught by asking the kernel where the open descriptor really points. A hard link cannot be
+    told from the file by any path, so a side file with more than one name is refused.
     """
     real_root = os.path.realpath(root)
     where = f"{name}:{key}"
@@ -330,6 +331,15 @@ def _side_file(root: Path, key: str, limits: Limits, name: str) -> bytes:
             raise PolicyViolation(
                 "ONNX external data resolves outside the model folder", path=where,
                 rule="onnx.external_data", detail="it changed after the graph check",
+            )  # fmt: skip
+        if os.fstat(fd).st_nlink > 1:
+            # A hard link has no "real" path to check: another name may be outside the folder
+            # (a tar extracted by Python's tarfile before 3.14 can link to any file of ours).
+            raise PolicyViolation(
+                "ONNX external data has other names on disk", path=where,
+                rule="onnx.external_data",
+                detail="it is a hard link (st_nlink > 1), which may lead out of the model "
+                "folder; copy it, or sign the folder and pass the VerifiedModel",
             )  # fmt: skip
         return _read_fd(fd, limits.max_file_bytes, where)
     finally:
