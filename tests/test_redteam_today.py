@@ -155,3 +155,52 @@ def test_onnx_external_data_hard_link_to_a_file_outside_the_folder_is_refused(
     x = np.ones((2, 3), dtype=np.float32)
     got = onnx_session(path).run(None, {"x": x})[0]
     np.testing.assert_array_equal(got, x + np.arange(6, dtype=np.float32).reshape(2, 3))
+
+
+def _sparse_40gb() -> Any:
+    """One stored float declaring a [100000, 100000] dense tensor (40 GB once densified)."""
+    pytest.importorskip("onnx")
+    import numpy as np
+    from onnx import helper, numpy_helper
+
+    values = numpy_helper.from_array(np.array([1.0], dtype=np.float32), "S")
+    indices = numpy_helper.from_array(np.array([0], dtype=np.int64), "S_idx")
+    return helper.make_sparse_tensor(values, indices, [100_000, 100_000])
+
+
+def _identity_model(**extra: Any) -> Any:
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"]), *extra.get("nodes", [])],
+                              "g", [x], [y])  # fmt: skip
+    graph.sparse_initializer.extend(extra.get("sparse", []))
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_onnx_sparse_initializer_counts_at_its_dense_size() -> None:
+    """onnxruntime densifies sparse initializers when it loads the graph; the check counted
+    only the stored values, so 12 bytes in the file passed for a 40 GB allocation."""
+    from safeload.errors import LimitExceededError
+    from safeload.integrations._onnx_check import check_onnx_graph
+    from safeload.policy import OnnxPolicy
+
+    data = _identity_model(sparse=[_sparse_40gb()]).SerializeToString()
+    with pytest.raises(LimitExceededError) as info:
+        check_onnx_graph(data, policy=OnnxPolicy(), name="m.onnx")
+    assert info.value.rule == "onnx.max_initializer_bytes"
+
+
+def test_onnx_sparse_constant_attribute_counts_at_its_dense_size() -> None:
+    from onnx import helper
+
+    from safeload.errors import LimitExceededError
+    from safeload.integrations._onnx_check import check_onnx_graph
+    from safeload.policy import OnnxPolicy
+
+    const = helper.make_node("Constant", [], ["c"], sparse_value=_sparse_40gb())
+    data = _identity_model(nodes=[const]).SerializeToString()
+    with pytest.raises(LimitExceededError) as info:
+        check_onnx_graph(data, policy=OnnxPolicy(), name="m.onnx")
+    assert info.value.rule == "onnx.max_initializer_bytes"

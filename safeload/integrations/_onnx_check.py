@@ -29,7 +29,14 @@ from typing import TYPE_CHECKING, Any
 from safeload.errors import FormatError, LimitExceededError, PolicyViolation, SourceError
 
 if TYPE_CHECKING:
-    from onnx import AttributeProto, GraphProto, ModelProto, NodeProto, TensorProto
+    from onnx import (
+        AttributeProto,
+        GraphProto,
+        ModelProto,
+        NodeProto,
+        SparseTensorProto,
+        TensorProto,
+    )
 
     from safeload.policy import OnnxPolicy
 
@@ -219,8 +226,7 @@ class _Walker:
             for tensor in graph.initializer:
                 self._tensor(tensor)
             for sparse in graph.sparse_initializer:
-                self._tensor(sparse.values)
-                self._tensor(sparse.indices)
+                self._sparse(sparse)
             for node in graph.node:
                 stack.extend(self._node(node))
         return OnnxGraphInfo(
@@ -306,8 +312,21 @@ class _Walker:
             self._tensor(tensor)
         sparse = [attr.sparse_tensor] if attr.HasField("sparse_tensor") else []
         for sp in [*sparse, *attr.sparse_tensors]:
-            self._tensor(sp.values)
-            self._tensor(sp.indices)
+            self._sparse(sp)
+
+    def _sparse(self, sparse: SparseTensorProto) -> None:
+        """A sparse tensor counts at its *dense* size too: onnxruntime densifies sparse
+        initializers and constants when it loads the graph (one stored value can declare
+        terabytes)."""
+        self._tensor(sparse.values)
+        self._tensor(sparse.indices)
+        if any(d < 0 for d in sparse.dims):
+            raise FormatError(
+                f"ONNX sparse tensor {sparse.values.name!r} has a negative dimension",
+                path=self.where,
+                rule="onnx.tensor",
+            )
+        self._count(_dense_bytes(int(sparse.values.data_type), sparse.dims) or 0)
 
     def _tensor(self, tensor: TensorProto) -> None:
         self.tensors += 1
@@ -321,6 +340,9 @@ class _Walker:
             size = self._external(tensor)
         else:
             size = max(_declared_bytes(tensor), len(tensor.raw_data))
+        self._count(size)
+
+    def _count(self, size: int) -> None:
         self.tensor_bytes += size
         if self.tensor_bytes > self.policy.max_initializer_bytes:
             raise LimitExceededError(
@@ -415,14 +437,20 @@ def _int_entry(
 
 def _declared_bytes(tensor: TensorProto) -> int:
     """Elements x item size, from the dims the file declares (what a runtime allocates)."""
-    from onnx import helper
-
     if tensor.string_data:
         return sum(len(s) for s in tensor.string_data)
+    dense = _dense_bytes(int(tensor.data_type), tensor.dims)
+    return len(tensor.raw_data) if dense is None else dense
+
+
+def _dense_bytes(data_type: int, dims: Any) -> int | None:
+    """Bytes of ``dims`` elements of ``data_type``; None for types with no fixed item size."""
+    from onnx import helper
+
     try:
-        itemsize = helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
-    except Exception:  # noqa: BLE001 - undefined or string types: count what is stored
-        return len(tensor.raw_data)
-    bits = _SUB_BYTE_BITS.get(int(tensor.data_type))
-    numel = math.prod(int(d) for d in tensor.dims)
+        itemsize = helper.tensor_dtype_to_np_dtype(data_type).itemsize
+    except Exception:  # noqa: BLE001 - undefined or string types: no fixed size
+        return None
+    bits = _SUB_BYTE_BITS.get(data_type)
+    numel = math.prod(int(d) for d in dims)
     return (numel * bits + 7) // 8 if bits else numel * itemsize
