@@ -204,3 +204,93 @@ def test_onnx_sparse_constant_attribute_counts_at_its_dense_size() -> None:
     with pytest.raises(LimitExceededError) as info:
         check_onnx_graph(data, policy=OnnxPolicy(), name="m.onnx")
     assert info.value.rule == "onnx.max_initializer_bytes"
+
+
+def _function_with_default(default: Any, body: list[Any], out_shape: list[int]) -> bytes:
+    """A model calling local function F, whose default attribute value is ``default`` (IR 9:
+    ``FunctionProto.attribute_proto``); the body refers to it with ``ref_attr_name``."""
+    from onnx import TensorProto, helper
+
+    f = helper.make_function("local", "F", ["a"], ["b"], body,
+                             [helper.make_opsetid("", 17)])  # fmt: skip
+    f.attribute_proto.append(default)
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, out_shape)
+    graph = helper.make_graph([helper.make_node("F", ["x"], ["y"], domain="local")], "g", [x], [y])
+    opsets = [helper.make_opsetid("", 17), helper.make_opsetid("local", 1)]
+    model = helper.make_model(graph, opset_imports=opsets, functions=[f], ir_version=9)
+    return bytes(model.SerializeToString())
+
+
+def test_onnx_function_default_attribute_external_data_is_checked() -> None:
+    """A function's default attribute values were never walked: an external-data tensor there
+    (``../../etc/passwd``) passed the graph check; only onnxruntime's own path check stopped
+    the read."""
+    pytest.importorskip("onnx")
+    from onnx import AttributeProto, TensorProto, helper
+
+    from safeload.errors import PolicyViolation
+    from safeload.integrations._onnx_check import check_onnx_graph
+    from safeload.policy import OnnxPolicy
+
+    t = TensorProto(name="T", data_type=TensorProto.UINT8, dims=[64])
+    t.data_location = TensorProto.EXTERNAL
+    for key, value in (("location", "../../etc/passwd"), ("offset", "0"), ("length", "64")):
+        entry = t.external_data.add()
+        entry.key, entry.value = key, value
+    const = helper.make_node("Constant", [], ["c"])
+    const.attribute.append(AttributeProto(name="value", ref_attr_name="t",
+                                          type=AttributeProto.TENSOR))  # fmt: skip
+    body = [const, helper.make_node("Cast", ["c"], ["b"], to=TensorProto.FLOAT)]
+    data = _function_with_default(helper.make_attribute("t", t), body, [64])
+    policy = OnnxPolicy(allowed_domains=["", "local"])
+    with pytest.raises(PolicyViolation) as info:
+        check_onnx_graph(data, policy=policy, name="m.onnx")
+    assert info.value.rule == "onnx.external_data"
+
+
+def test_onnx_function_default_attribute_graph_is_checked() -> None:
+    """A default graph attribute is a subgraph like any other: its operators are checked."""
+    pytest.importorskip("onnx")
+    from onnx import AttributeProto, TensorProto, helper
+
+    from safeload.errors import PolicyViolation
+    from safeload.integrations._onnx_check import check_onnx_graph
+    from safeload.policy import OnnxPolicy
+
+    out = helper.make_tensor_value_info("z", TensorProto.FLOAT, [4])
+    hidden = helper.make_graph([helper.make_node("Evil", ["a"], ["z"], domain="com.evil")],
+                               "hidden", [], [out])  # fmt: skip
+    true = helper.make_tensor("k", TensorProto.BOOL, [], [True])
+    cond = helper.make_node("Constant", [], ["cond"], value=true)
+    branch = helper.make_node("If", ["cond"], ["b"])
+    for name in ("then_branch", "else_branch"):
+        branch.attribute.append(AttributeProto(name=name, ref_attr_name="g",
+                                               type=AttributeProto.GRAPH))  # fmt: skip
+    data = _function_with_default(helper.make_attribute("g", hidden), [cond, branch], [4])
+    policy = OnnxPolicy(allowed_domains=["", "local"])
+    with pytest.raises(PolicyViolation) as info:
+        check_onnx_graph(data, policy=policy, name="m.onnx")
+    assert info.value.rule == "onnx.allowed_domains"
+
+
+def test_onnx_session_finds_external_data_named_in_function_defaults() -> None:
+    """The session's side-file walk must see the same places as the check."""
+    pytest.importorskip("onnx")
+    from onnx import AttributeProto, TensorProto, helper
+
+    from safeload.integrations._onnx_session import _external_locations
+
+    t = TensorProto(name="T", data_type=TensorProto.UINT8, dims=[4])
+    t.data_location = TensorProto.EXTERNAL
+    entry = t.external_data.add()
+    entry.key, entry.value = "location", "w.bin"
+    const = helper.make_node("Constant", [], ["c"])
+    const.attribute.append(AttributeProto(name="value", ref_attr_name="t",
+                                          type=AttributeProto.TENSOR))  # fmt: skip
+    body = [const, helper.make_node("Cast", ["c"], ["b"], to=TensorProto.FLOAT)]
+    import onnx
+
+    model = onnx.ModelProto()
+    model.ParseFromString(_function_with_default(helper.make_attribute("t", t), body, [4]))
+    assert _external_locations(model) == {"w.bin"}

@@ -220,6 +220,10 @@ class _Walker:
         for function in model.functions:
             for node in function.node:
                 stack.extend(self._node(node))
+            # Default attribute values (IR 9): a node that omits the attribute gets this one,
+            # graphs and tensors included, when the runtime inlines the function.
+            for attr in function.attribute_proto:
+                stack.extend(self._attribute(attr))
         while stack:
             graph = stack.pop()
             self.graphs += 1

@@ -236,8 +236,11 @@ def _external_locations(model: ModelProto) -> set[str]:
 
     stack = [model.graph]
     stack.extend(g for info in model.training_info for g in (info.initialization, info.algorithm))
-    nodes = [node for function in model.functions for node in function.node]
-    while stack or nodes:
+    # Attribute lists: each node's, and each function's default values (IR 9), which the
+    # runtime gives a node that omits the attribute when it inlines the function.
+    attrs = [list(node.attribute) for function in model.functions for node in function.node]
+    attrs.extend(list(function.attribute_proto) for function in model.functions)
+    while stack or attrs:
         if stack:
             graph = stack.pop()
             for t in graph.initializer:
@@ -245,9 +248,9 @@ def _external_locations(model: ModelProto) -> set[str]:
             for sp in graph.sparse_initializer:
                 tensor(sp.values)
                 tensor(sp.indices)
-            nodes.extend(graph.node)
+            attrs.extend(list(node.attribute) for node in graph.node)
             continue
-        for attr in nodes.pop().attribute:
+        for attr in attrs.pop():
             if attr.HasField("g"):
                 stack.append(attr.g)
             stack.extend(attr.graphs)
