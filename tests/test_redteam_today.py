@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -294,3 +295,38 @@ def test_onnx_session_finds_external_data_named_in_function_defaults() -> None:
     model = onnx.ModelProto()
     model.ParseFromString(_function_with_default(helper.make_attribute("t", t), body, [4]))
     assert _external_locations(model) == {"w.bin"}
+
+
+# --- resources over many jobs ---------------------------------------------------------------
+
+
+def test_300_sandboxed_loads_leak_no_descriptor_in_caller_or_fork_server(tmp_path: Path) -> None:
+    """Every job passes five descriptors to the fork server and gets a pidfd back: none of
+    them may stay open in the caller or in the server once the job is over."""
+    torch = pytest.importorskip("torch")
+    import safeload
+    from safeload.sandbox import _runner
+
+    model = tmp_path / "m.pt"
+    torch.save({"w": torch.arange(10.0)}, model)
+    safeload.load(model, sandbox=True)  # the fork server is up
+    server = _runner._server
+    assert server is not None
+
+    def server_fds() -> int:
+        """The server's count once it has reaped every worker (it holds a pidfd and a status
+        socket per live child, released when it reaps it)."""
+        children = Path(f"/proc/{server.pid}/task/{server.pid}/children")
+        for _ in range(500):
+            if not children.read_text().split():
+                break
+            time.sleep(0.01)
+        return len(os.listdir(f"/proc/{server.pid}/fd"))
+
+    mine = len(os.listdir("/proc/self/fd"))
+    theirs = server_fds()
+    for _ in range(300):
+        safeload.load(model, sandbox=True)
+    assert _runner._server is server  # the same server served every job
+    assert len(os.listdir("/proc/self/fd")) == mine
+    assert server_fds() == theirs
