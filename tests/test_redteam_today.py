@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import os
+import struct
 import time
 from pathlib import Path
 from typing import Any
@@ -330,3 +331,44 @@ def test_300_sandboxed_loads_leak_no_descriptor_in_caller_or_fork_server(tmp_pat
     assert _runner._server is server  # the same server served every job
     assert len(os.listdir("/proc/self/fd")) == mine
     assert server_fds() == theirs
+
+
+# --- the parent's zip CRC hints (parsed in the caller's process, before any worker) ----------
+
+_PAD = 17 << 20  # above the size where the load reads on every core and folds zip CRCs
+
+
+def _eocd(count: int, cd_size: int, cd_offset: int) -> bytes:
+    return b"PK\x05\x06" + struct.pack("<4H2LH", 0, 0, count, count, cd_size, cd_offset, 0)
+
+
+def _huge_eocd64_locator() -> bytes:
+    """End records whose ZIP64 locator puts the ZIP64 record at offset 2**64 - 1."""
+    return b"PK\x06\x07" + struct.pack("<LQL", 0, 2**64 - 1, 1) + _eocd(0, 0, 0)
+
+
+def _huge_member_offset() -> bytes:
+    """One stored member whose ZIP64 extra field gives a local header offset of 2**64 - 1."""
+    extra = struct.pack("<2HQ", 1, 8, 2**64 - 1)
+    name = b"a"
+    central = b"PK\x01\x02" + struct.pack(
+        "<6H3L5H2L", 20, 20, 0, 0, 0, 0, 0, 10, 10, len(name), len(extra), 0, 0, 0, 0, 0xFFFFFFFF
+    ) + name + extra  # fmt: skip
+    return central + _eocd(1, len(central), _PAD)
+
+
+@pytest.mark.parametrize("tail", [_huge_eocd64_locator(), _huge_member_offset()],
+                         ids=["eocd64_offset", "member_offset"])  # fmt: skip
+@pytest.mark.parametrize("sandbox", [False, True])
+def test_zip_offsets_past_2_63_are_a_refusal_not_an_overflow_error(
+    tmp_path: Path, tail: bytes, sandbox: bool
+) -> None:
+    """The parent reads a big file's central directory for CRC hints; an offset past 2**63
+    made ``os.pread`` raise a bare OverflowError out of ``safeload.load``."""
+    import safeload
+    from safeload.errors import SafeloadError
+
+    path = tmp_path / "m.pt"
+    path.write_bytes(b"\0" * _PAD + tail)
+    with pytest.raises(SafeloadError):
+        safeload.load(path, sandbox=sandbox)

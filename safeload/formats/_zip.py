@@ -489,11 +489,11 @@ def central_entries(pread: Callable[[int, int], bytes], size: int) -> list[tuple
                     if vals[i] == _U32 and ext:
                         vals[i] = ext.pop(0)
                 usize, csize, loff = vals
-            if method == _STORED:
+            if method == _STORED and loff + csize <= size:  # else no member: not a hint
                 out.append((loff, csize))
             pos += 46 + nlen + elen + clen
         return sorted(out)
-    except (struct.error, ValueError, OSError):
+    except (struct.error, ValueError, OverflowError, OSError):  # offsets past 2**63: pread
         return []
 
 
