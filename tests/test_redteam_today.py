@@ -372,3 +372,23 @@ def test_zip_offsets_past_2_63_are_a_refusal_not_an_overflow_error(
     path.write_bytes(b"\0" * _PAD + tail)
     with pytest.raises(SafeloadError):
         safeload.load(path, sandbox=sandbox)
+
+
+# --- a worker that lies about being done ----------------------------------------------------
+
+
+def test_worker_saying_done_before_its_reply_is_refused_and_killed() -> None:
+    from safeload.errors import SandboxError
+    from safeload.sandbox import _runner
+
+    with pytest.raises(SandboxError) as info:
+        run_in_sandbox("attempt_done_early", [], limits=LIMITS, timeout=60)
+    assert info.value.rule == "sandbox.protocol"
+    server = _runner._server
+    assert server is not None
+    children = Path(f"/proc/{server.pid}/task/{server.pid}/children")
+    for _ in range(500):  # the parent killed it; the fork server reaps it
+        if not children.read_text().split():
+            break
+        time.sleep(0.01)
+    assert children.read_text().split() == []

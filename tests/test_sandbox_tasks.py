@@ -244,6 +244,14 @@ def attempt_read_granted_path(ctx: TaskContext) -> Outcome:
     return {"blocked": False, "step": "open path", "errno": None, "data": data.decode()}, {}
 
 
+def attempt_done_early(ctx: TaskContext) -> Outcome:
+    """Say DONE before any reply exists, then keep running: the parent must neither wait for
+    it nor trust the empty reply, and the worker must not outlive the job."""
+    os.write(0, b"done")
+    time.sleep(60)
+    return _passed("done early")
+
+
 TASKS = {
     name: fn
     for name, fn in globals().items()
