@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import statistics
 import subprocess
 import sys
@@ -188,8 +189,11 @@ def main() -> None:
         rows: dict[tuple[str, str], list[dict[str, float]]] = {
             (how, mode): [] for how in ("read", "mmap") for mode in modes
         }
-        for _ in range(args.repeat):
-            for how, mode in rows:
+        order = list(rows)
+        shuffle = random.Random(0).shuffle  # a new order each round, the same on every run:
+        for _ in range(args.repeat):  # no mode always follows the same neighbour
+            shuffle(order)
+            for how, mode in order:
                 rows[how, mode].append(_run(mode, path, how))
 
     def med(key: tuple[str, str], field: str) -> float:
