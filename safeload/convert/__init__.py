@@ -14,11 +14,7 @@ from safeload.convert._report import ConversionReport
 from safeload.convert._safetensors import to_safetensors
 
 if TYPE_CHECKING:
-    # Written by the ONNX export work; until it lands the ignore keeps mypy quiet, after
-    # that ``unused-ignore`` does.
-    from safeload.convert._onnx_export import (  # type: ignore[import-not-found, unused-ignore]
-        export_onnx,
-    )
+    from safeload.convert._onnx_export import export_onnx
 
 __all__ = ["ConversionReport", "export_onnx", "to_safetensors"]
 
