@@ -437,3 +437,37 @@ def test_weights_can_be_parsed_in_the_sandbox(tmp_path: Path) -> None:
     model.config.save_pretrained(folder)
     loaded = safeload.from_pretrained(transformers.BertModel, folder, sandbox=True)
     _same_weights(model, loaded)
+
+
+@pytest.mark.skipif(__import__("sys").platform != "linux", reason="the sandbox needs Linux")
+def test_a_sandboxed_from_pretrained_starts_the_fork_server_first_and_loads(
+    tmp_path: Path,
+) -> None:
+    """Every shard goes to a worker, so the fork server starts before the folder is even
+    resolved: a folder refused before any file is loaded has already started it."""
+    import torch as _torch
+
+    from safeload.policy import SandboxPolicy
+    from safeload.sandbox import _runner, prewarm
+
+    folder = tmp_path / "m"
+    folder.mkdir()
+    _torch.save({"a": _torch.ones(2)}, folder / "pytorch_model-00001-of-00002.bin")
+    _torch.save({"b": _torch.zeros(3)}, folder / "pytorch_model-00002-of-00002.bin")
+    (folder / "pytorch_model.bin.index.json").write_text(json.dumps({"weight_map": {
+        "a": "pytorch_model-00001-of-00002.bin", "b": "pytorch_model-00002-of-00002.bin"}}))
+    always = Policy(sandbox=SandboxPolicy(mode="always"))
+    prewarm(False)
+    with pytest.raises(safeload.SafeloadError):  # no weights: refused before any file is loaded
+        safeload.from_pretrained(None, _empty(tmp_path), policy=always)
+    assert _runner._server is not None and _runner._server.alive()  # yet already started
+    state = safeload.from_pretrained(None, folder, policy=always)
+    assert _torch.equal(state.state_dict["a"], _torch.ones(2))
+    assert _torch.equal(state.state_dict["b"], _torch.zeros(3))
+
+
+def _empty(tmp_path: Path) -> Path:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "config.json").write_text("{}")
+    return empty

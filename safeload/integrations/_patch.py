@@ -272,15 +272,10 @@ def patch(*, policy: Policy | str | os.PathLike[str] | None = None) -> None:
 def _prewarm_for(policy: Policy) -> None:
     """Start the fork server if this policy will use it (best effort: a failure here only
     means the first sandboxed load starts it, or reports why it cannot)."""
-    if policy.sandbox.mode == "never" or sys.platform != "linux":
-        return
-    from safeload.errors import SandboxError
-    from safeload.sandbox import prewarm
+    if policy.sandbox.mode != "never":
+        from safeload.sandbox._runner import prewarm_quietly
 
-    try:
-        prewarm()
-    except SandboxError as exc:
-        logger.debug("could not start the sandbox fork server at patch(): %s", exc)
+        prewarm_quietly()
 
 
 def unpatch() -> None:

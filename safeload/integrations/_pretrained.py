@@ -492,6 +492,16 @@ def _read(path_or_ref: str | os.PathLike[str], *, policy: Policy | str | os.Path
     if verify is False and required:
         raise UsageError("verify=False, but the policy requires signatures",
                          rule="trust.require_signature")
+    sandbox = options.get("sandbox")
+    mode = effective.sandbox.mode
+    if sandbox is True or (sandbox is None and (
+        mode == "always" or (mode == "untrusted" and not (verify or required))
+    )):  # fmt: skip
+        # Every weight file will be parsed in a worker: start the fork server now, so it is
+        # ready by the time resolving, hashing and config reading are done.
+        from safeload.sandbox._runner import prewarm_quietly
+
+        prewarm_quietly()
     root = _resolve(path_or_ref, revision, effective, options.pop("cache_dir", None))
     whole = _open_folder(root, effective, verify=bool(verify) or required)
     subfolder = options.pop("subfolder", None) or ""

@@ -368,6 +368,18 @@ def prewarm(keep: bool = True) -> None:
             _server = _forkserver.ForkServer()
 
 
+def prewarm_quietly() -> None:
+    """``prewarm()`` for callers that know a sandboxed job is coming (``patch()``,
+    ``from_pretrained``): best effort, since a server that cannot start here is reported by
+    the job itself, with the reason."""
+    if sys.platform != "linux":
+        return
+    try:
+        prewarm()
+    except SandboxError as exc:
+        _log.debug("could not start the sandbox fork server ahead of a job: %s", exc)
+
+
 def _take_worker() -> _Worker:
     return _Worker()
 
