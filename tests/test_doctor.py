@@ -37,6 +37,9 @@ def test_doctor_text_and_json_agree() -> None:
     for layer in doc["layers"]:
         assert layer["name"] in text.output
         assert set(layer) == {"name", "available", "applied", "reason"}
+    if doc["probe_error"] is None:  # the probe ran twice: the second job is a fork
+        assert doc["first_job_ms"] > 0 and doc["job_ms"] > 0
+        assert "worker start-up" in text.output
 
 
 def test_doctor_require_is_a_gate() -> None:

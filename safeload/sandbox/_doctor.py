@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import platform
 import sys
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +31,11 @@ class DoctorReport:
     layers: tuple[LayerReport, ...]
     probe_error: str | None
     """Why the probe worker failed, or None when it ran (then ``applied`` is what it got)."""
+    first_job_ms: float | None = None
+    """The probe job, request to validated reply, with every layer: if this process had no
+    fork server yet, this includes starting it (what a process's first sandboxed job pays)."""
+    job_ms: float | None = None
+    """A second probe job: a fork of the running server (what every later job pays)."""
 
     def layer(self, name: str) -> LayerReport:
         for report in self.layers:
@@ -47,6 +53,8 @@ class DoctorReport:
             "kernel": self.kernel,
             "python": self.python,
             "probe_error": self.probe_error,
+            "first_job_ms": self.first_job_ms,
+            "job_ms": self.job_ms,
             "layers": [r.to_dict() for r in self.layers],
         }
 
@@ -57,6 +65,10 @@ class DoctorReport:
             lines.append(f"  [{mark}] {r.name:<13} {r.reason}")
         if self.probe_error:
             lines.append(f"  probe worker failed: {self.probe_error}")
+        elif self.first_job_ms is not None and self.job_ms is not None:
+            lines.append(f"  worker start-up: {self.first_job_ms:.0f} ms for the probe job "
+                         f"(with the fork server's start if it was not running), "
+                         f"{self.job_ms:.1f} ms per job after")  # fmt: skip
         return "\n".join(lines)
 
 
@@ -65,11 +77,17 @@ def doctor(*, probe: bool = True, timeout: float = 60.0) -> DoctorReport:
     detected = detect_all()
     layers = detected
     probe_error = None
+    first_ms = job_ms = None
     if probe and sys.platform == "linux":
         from safeload.sandbox._runner import run_in_sandbox
 
         try:
+            started = time.perf_counter()
             result = run_in_sandbox("probe", [], limits=Limits(), timeout=timeout)
+            first_ms = (time.perf_counter() - started) * 1000
+            started = time.perf_counter()
+            run_in_sandbox("probe", [], limits=Limits(), timeout=timeout)
+            job_ms = (time.perf_counter() - started) * 1000
         except SafeloadError as exc:
             probe_error = exc.diagnostics()
         else:
@@ -83,4 +101,6 @@ def doctor(*, probe: bool = True, timeout: float = 60.0) -> DoctorReport:
         python=platform.python_version(),
         layers=layers,
         probe_error=probe_error,
+        first_job_ms=first_ms,
+        job_ms=job_ms,
     )
