@@ -100,7 +100,6 @@ _IMAGE_MAGIC: dict[str, tuple[bytes, ...]] = {
 _SENTENCEPIECE_NAMES = frozenset({"tokenizer.model", "spiece.model", "sentencepiece.bpe.model"})
 _PYTHON_SUFFIXES = frozenset({".py"})
 _MAX_PYTHON_SOURCE = 16 << 20  # bigger ".py" files are judged by the content rules only
-_DETECT_RULE = "formats.detect"  # the rule detect() raises under when no format matched
 _TEXT_PROBE_BYTES = 64 * 1024
 
 
@@ -523,45 +522,34 @@ def _scan_buffer(
     size: int,
     started: float,
 ) -> FileResult:
-    from safeload import formats
+    from safeload.formats._survey import survey
 
     if _is_python_source(path, view):
         return FileResult(
             str(path), _PYTHON, "skipped", size_bytes=size, seconds=time.perf_counter() - started
         )
-    try:
-        detection = formats.detect(view, name=path.name, limits=limits)
-    except FormatError as exc:
-        if exc.rule != _DETECT_RULE:
-            raise  # a malformed container or a compression bomb: a refusal, not "unknown"
-        return _unrecognised(path, bytes(view[:_TEXT_PROBE_BYTES]), size, started)
-    if detection.format == formats.Format.UNKNOWN:
-        return _unrecognised(path, bytes(view[:_TEXT_PROBE_BYTES]), size, started)
-    try:
-        analysis = formats.analyze(view, name=path.name, limits=limits)
-    except RefusedError as exc:
-        exc.with_path(str(path))
-        # Listing names re-reads the pickle, so only when a pickle rule refused it (a limit hit
-        # would just be hit again).
-        pickle_rule = (exc.rule or "").startswith("pickle.")
-        offending = _offending_globals(view, path, limits) if pickle_rule else []
+    found = survey(view, name=path.name, limits=limits)
+    if found.refused is not None:
+        found.refused.with_path(str(path))
         return _from_error(
-            str(path), detection.format, exc, "unsafe", size,
-            time.perf_counter() - started, offending,
+            str(path), found.format, found.refused, "unsafe", size,
+            time.perf_counter() - started, found.globals,
         )  # fmt: skip
+    if found.format is None:
+        return _unrecognised(path, bytes(view[:_TEXT_PROBE_BYTES]), size, started)
     if gate is not None:
         # Raises PolicyViolation (a refusal) when the policy, in enforce mode, says no.
         gate.check(
             view,
             name=str(path),
-            fmt=analysis.format.value,
-            shapes=[t.shape for t in analysis.tensors],
+            fmt=found.format.value,
+            shapes=[t.shape for t in found.tensors],
         )
     return FileResult(
         path=str(path),
-        format=analysis.format,
+        format=found.format,
         verdict="clean",
-        tensor_count=len(analysis.tensors),
+        tensor_count=len(found.tensors),
         size_bytes=size,
         seconds=time.perf_counter() - started,
     )
@@ -632,16 +620,3 @@ def _scan_in_worker(
         size_bytes=size,
         seconds=time.perf_counter() - started,
     )
-
-
-def _offending_globals(view: memoryview, path: Path, limits: Limits) -> list[str]:
-    """The names a refused file asks for, from the same buffer (the file is not reopened)."""
-    from safeload import formats
-
-    try:
-        return sorted(formats.unsafe_globals(view, name=path.name, limits=limits))
-    except SafeloadError:
-        return []
-    except Exception:  # listing names is best effort; the verdict stands
-        logger.debug("could not list globals of %s", path, exc_info=True)
-        return []

@@ -179,35 +179,21 @@ def _task_read(ctx: TaskContext) -> TaskResult:
 
 
 def _task_scan(ctx: TaskContext) -> TaskResult:
-    """What ``safeload scan`` learns of one file, learnt here: format, tensor table, refusal.
+    """What ``safeload scan`` learns of one file (:func:`safeload.formats._survey.survey`).
 
     A refusal is *returned* (with the globals a refused pickle asks for, which scan lists),
     not raised, so the parent gets both; any other error is raised as usual.
     """
-    from safeload import formats
-    from safeload.errors import FormatError, RefusedError
+    from safeload.formats._survey import survey
 
-    name, limits = ctx.names[0], ctx.limits
-    view = ctx.data(0)
-    try:
-        detection = formats.detect(view, name=name, limits=limits)
-    except FormatError as exc:
-        if exc.rule != "formats.detect":  # no format matched: unknown, not a refusal
-            return None, {"refused": _error_dict(exc), "format": None}
+    found = survey(ctx.data(0), name=ctx.names[0], limits=ctx.limits)
+    if found.format is None:
         return None, {"format": "unknown"}
-    if detection.format == formats.Format.UNKNOWN:
-        return None, {"format": "unknown"}
-    fmt = str(detection.format.value)
-    try:
-        analysis = formats.analyze(view, name=name, limits=limits)
-    except RefusedError as exc:
-        found: list[str] = []
-        if (exc.rule or "").startswith("pickle."):
-            with contextlib.suppress(Exception):  # listing names is best effort
-                found = sorted(formats.unsafe_globals(view, name=name, limits=limits))
-        return None, {"refused": _error_dict(exc), "format": fmt, "globals": found}
-    shapes = [list(t.shape) for t in analysis.tensors]
-    return None, {"format": str(analysis.format.value), "shapes": shapes}
+    fmt = str(found.format.value)
+    if found.refused is not None:
+        return None, {"refused": _error_dict(found.refused), "format": fmt,
+                      "globals": list(found.globals)}  # fmt: skip
+    return None, {"format": fmt, "shapes": [list(t.shape) for t in found.tensors]}
 
 
 TASKS: dict[str, Task] = {
