@@ -33,7 +33,7 @@ from safeload.sandbox import _worker
 if sys.platform != "win32":  # the sandbox is Linux-only; importing safeload is not
     import fcntl
 
-__all__ = ["ForkServer", "worker_env"]
+__all__ = ["ForkServer", "exited", "worker_env"]
 
 _BOOTSTRAP = str(Path(__file__).resolve().with_name("_bootstrap.py"))
 _ANSWER_TIMEOUT = 30.0  # a fork takes milliseconds; only a wedged server takes this long
@@ -43,6 +43,13 @@ _RESET = tuple(
     for name in ("SIGCHLD", "SIGXCPU", "SIGXFSZ", "SIGTERM", "SIGINT")
     if hasattr(signal, name)  # importing safeload.sandbox works anywhere; running it needs Linux
 )
+
+
+def exited(pidfd: int) -> bool:
+    """Whether the process behind ``pidfd`` has ended (a pidfd polls readable then)."""
+    poller = select.poll()
+    poller.register(pidfd, select.POLLIN)
+    return bool(poller.poll(0))
 
 
 def worker_env() -> dict[str, str]:
@@ -100,9 +107,7 @@ class ForkServer:
         """Running, in this process, with the environment a new server would get."""
         if self.owner != os.getpid() or self.env != worker_env() or self.pidfd is None:
             return False
-        poller = select.poll()
-        poller.register(self.pidfd, select.POLLIN)
-        return not poller.poll(0)
+        return not exited(self.pidfd)
 
     def log_tail(self) -> str:
         try:

@@ -224,9 +224,7 @@ class _Worker:
         """Still waiting for its job, and ours (not a copy inherited through fork)."""
         if self.owner != os.getpid() or self.pidfd is None:
             return False
-        poller = select.poll()
-        poller.register(self.pidfd, select.POLLIN)
-        return not poller.poll(0)
+        return not _forkserver.exited(self.pidfd)
 
     def send(self, request: bytes, fds: Sequence[int]) -> None:
         if len(request) > _worker.MAX_REQUEST or len(fds) > _worker.MAX_INPUTS:
@@ -325,17 +323,22 @@ _server: _forkserver.ForkServer | None = None
 _server_lock = threading.Lock()
 
 
+def _running_server_locked() -> _forkserver.ForkServer:
+    """The live fork server, replacing a dead or stale one (hold ``_server_lock``)."""
+    global _server
+    if _server is not None and not _server.alive():
+        _server.stop()
+        _server = None
+    if _server is None:
+        _server = _forkserver.ForkServer()
+    return _server
+
+
 def _fork_worker(fds: list[int]) -> tuple[int, int]:
     """A new worker from the fork server (started, or restarted once, as needed)."""
-    global _server
     for attempt in (1, 2):
         with _server_lock:
-            if _server is not None and not _server.alive():
-                _server.stop()
-                _server = None
-            if _server is None:
-                _server = _forkserver.ForkServer()
-            server = _server
+            server = _running_server_locked()
         try:
             return server.fork(fds)
         except SandboxError:
@@ -356,16 +359,11 @@ def prewarm(keep: bool = True) -> None:
     """
     global _server
     with _server_lock:
-        if not keep:
-            if _server is not None:
-                _server.stop()
-            _server = None
-            return
-        if _server is not None and not _server.alive():
+        if keep:
+            _running_server_locked()
+        elif _server is not None:
             _server.stop()
             _server = None
-        if _server is None:
-            _server = _forkserver.ForkServer()
 
 
 def prewarm_quietly() -> None:
