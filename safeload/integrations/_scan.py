@@ -39,7 +39,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from safeload.errors import (
     FormatError,
@@ -50,6 +50,9 @@ from safeload.errors import (
     UnsafeModelError,
 )
 from safeload.policy import Limits, Policy, PolicyGate
+
+if TYPE_CHECKING:
+    from safeload.formats import Format
 
 __all__ = [
     "PYTHON_IN_MODEL_FOLDER_CODE",
@@ -458,12 +461,9 @@ def _scan_fd(
     try:
         # Exceptions become results inside _guarded, so no traceback still pins a view of the
         # mapping by the time it is closed.
-        if worker is None:
-            work = lambda: _scan_buffer(path, memoryview(mapped), limits, gate, size, started)  # noqa: E731
-        else:
-            work = lambda: _scan_in_worker(  # noqa: E731
-                fd, path, memoryview(mapped), limits, gate, size, started, worker
-            )
+        work = lambda: _scan_buffer(  # noqa: E731
+            path, memoryview(mapped), limits, gate, size, started, fd, worker
+        )
         return _guarded(path, size, started, work)
     finally:
         try:
@@ -521,102 +521,77 @@ def _scan_buffer(
     gate: PolicyGate | None,
     size: int,
     started: float,
+    fd: int | None = None,
+    worker: tuple[str, ...] | None = None,
 ) -> FileResult:
-    from safeload.formats._survey import survey
-
-    if _is_python_source(path, view):
-        return FileResult(
-            str(path), _PYTHON, "skipped", size_bytes=size, seconds=time.perf_counter() - started
-        )
-    found = survey(view, name=path.name, limits=limits)
-    if found.refused is not None:
-        found.refused.with_path(str(path))
-        return _from_error(
-            str(path), found.format, found.refused, "unsafe", size,
-            time.perf_counter() - started, found.globals,
-        )  # fmt: skip
-    if found.format is None:
-        return _unrecognised(path, bytes(view[:_TEXT_PROBE_BYTES]), size, started)
-    if gate is not None:
-        # Raises PolicyViolation (a refusal) when the policy, in enforce mode, says no.
-        gate.check(
-            view,
-            name=str(path),
-            fmt=found.format.value,
-            shapes=[t.shape for t in found.tensors],
-        )
-    return FileResult(
-        path=str(path),
-        format=found.format,
-        verdict="clean",
-        tensor_count=len(found.tensors),
-        size_bytes=size,
-        seconds=time.perf_counter() - started,
-    )
-
-
-def _scan_in_worker(
-    fd: int,
-    path: Path,
-    view: memoryview,
-    limits: Limits,
-    gate: PolicyGate | None,
-    size: int,
-    started: float,
-    required: Sequence[str],
-) -> FileResult:
-    """``_scan_buffer`` with the parsing done in a sandbox worker reading ``fd``.
+    """One file's verdict: the readers' survey (here, or in a sandbox worker reading ``fd``
+    when ``worker`` names its required layers), then the policy's decision on it.
 
     The parent keeps what needs no parsing of model bytes: the name and text-probe rules for
     files no reader knows, the syntax check of ``.py`` files (CPython's own parser, nothing
-    compiled), and the policy's decision on what the worker reported (pinned hashes are taken
-    over the parent's own mapping).
+    compiled), and the policy's decision (pinned hashes are taken over the parent's mapping).
     """
-    from safeload.formats import Format
-    from safeload.sandbox._runner import SandboxInput, _rebuild_error, run_in_sandbox
-
     if _is_python_source(path, view):
         return FileResult(
             str(path), _PYTHON, "skipped", size_bytes=size, seconds=time.perf_counter() - started
         )
-    item = SandboxInput(fd, path.name, path=Path(os.path.realpath(path)))
-    meta = run_in_sandbox("scan", [item], limits=limits, required_layers=required).meta
-    fmt = meta.get("format")
-    refused = meta.get("refused")
+    if worker is None:
+        from safeload.formats._survey import survey
+
+        found = survey(view, name=path.name, limits=limits)
+        refused: SafeloadError | None = found.refused
+        fmt, offending = found.format, found.globals
+        shapes: list[tuple[int, ...]] = [tuple(t.shape) for t in found.tensors]
+    else:
+        assert fd is not None
+        fmt, refused, offending, shapes = _survey_in_worker(fd, path, limits, worker)
     if refused is not None:
-        err = _rebuild_error(refused, str(path))
-        err.path = str(path)
-        found = meta.get("globals") or []
-        offending = [g for g in found if isinstance(g, str)][:1000]
-        known = fmt if fmt in {f.value for f in Format} else None
-        verdict: Verdict = "unsafe" if isinstance(err, RefusedError) else "error"
-        return _from_error(str(path), known, err, verdict, size,
+        refused.with_path(str(path))
+        verdict: Verdict = "unsafe" if isinstance(refused, RefusedError) else "error"
+        return _from_error(str(path), fmt, refused, verdict, size,
                            time.perf_counter() - started, offending)  # fmt: skip
-    if fmt == "unknown":
+    if fmt is None:
         return _unrecognised(path, bytes(view[:_TEXT_PROBE_BYTES]), size, started)
-    try:
-        detected = Format(str(fmt))
-    except ValueError:
-        from safeload.errors import SandboxError
-
-        raise SandboxError("the worker reported no known format", path=str(path),
-                           rule="sandbox.result") from None  # fmt: skip
-    raw_shapes = meta.get("shapes")
-    if not isinstance(raw_shapes, list) or len(raw_shapes) > limits.max_tensors or not all(
-        isinstance(s, list) and all(type(d) is int and d >= 0 for d in s) for s in raw_shapes
-    ):
-        from safeload.errors import SandboxError
-
-        raise SandboxError("the worker reported malformed shapes", path=str(path),
-                           rule="sandbox.result")  # fmt: skip
-    shapes = [tuple(s) for s in raw_shapes]
     if gate is not None:
-        gate.check(view, name=str(path), fmt=detected.value, shapes=shapes, sandboxed=True)
+        # Raises PolicyViolation (a refusal) when the policy, in enforce mode, says no.
+        gate.check(view, name=str(path), fmt=fmt.value, shapes=shapes,
+                   sandboxed=worker is not None)  # fmt: skip
     return FileResult(
         path=str(path),
-        format=detected,
+        format=fmt,
         verdict="clean",
         tensor_count=len(shapes),
         size_bytes=size,
         seconds=time.perf_counter() - started,
     )
+
+
+def _survey_in_worker(
+    fd: int, path: Path, limits: Limits, required: Sequence[str]
+) -> tuple[Format | None, SafeloadError | None, tuple[str, ...], list[tuple[int, ...]]]:
+    """The worker's ``scan`` task (the same ``survey``), its answer checked as untrusted."""
+    from safeload.errors import SandboxError
+    from safeload.formats import Format
+    from safeload.sandbox._runner import SandboxInput, _rebuild_error, run_in_sandbox
+
+    item = SandboxInput(fd, path.name, path=Path(os.path.realpath(path)))
+    meta = run_in_sandbox("scan", [item], limits=limits, required_layers=required).meta
+    raw = meta.get("format")
+    if raw == "unknown":
+        return None, None, (), []
+    try:
+        fmt = Format(str(raw))
+    except ValueError:
+        raise SandboxError("the worker reported no known format", path=str(path),
+                           rule="sandbox.result") from None  # fmt: skip
+    if meta.get("refused") is not None:
+        found = meta.get("globals") or []
+        offending = tuple(g for g in found if isinstance(g, str))[:1000]
+        return fmt, _rebuild_error(meta["refused"], str(path)), offending, []
+    raw_shapes = meta.get("shapes")
+    if not isinstance(raw_shapes, list) or len(raw_shapes) > limits.max_tensors or not all(
+        isinstance(s, list) and all(type(d) is int and d >= 0 for d in s) for s in raw_shapes
+    ):
+        raise SandboxError("the worker reported malformed shapes", path=str(path),
+                           rule="sandbox.result")  # fmt: skip
+    return fmt, None, (), [tuple(s) for s in raw_shapes]
