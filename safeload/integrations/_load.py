@@ -176,6 +176,16 @@ def _fill(fd: int, view: memoryview, start: int, end: int, name: str) -> None:
         got += n
 
 
+def _open_path(f: str | os.PathLike[str], name: str) -> int:
+    try:
+        # O_NONBLOCK: a FIFO named like a model must be refused, not hang open().
+        return os.open(f, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError as exc:
+        raise SourceError(
+            f"cannot open {name}", path=name, rule="source.open", detail=str(exc)
+        ) from None
+
+
 def _buffer_of(f: object, *, use_mmap: bool, limits: Limits) -> tuple[memoryview, str]:
     """One private buffer holding the file's bytes, and a name for messages."""
     view, name, _ = _bytes_of(f, use_mmap=use_mmap, limits=limits)
@@ -197,13 +207,7 @@ def _bytes_of(
     if isinstance(f, (bytes, bytearray, memoryview)):
         return memoryview(f).cast("B"), name, {}
     if isinstance(f, (str, os.PathLike)):
-        try:
-            # O_NONBLOCK: a FIFO named like a model must be refused, not hang open().
-            fd = os.open(f, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
-        except OSError as exc:
-            raise SourceError(
-                f"cannot open {name}", path=name, rule="source.open", detail=str(exc)
-            ) from None
+        fd = _open_path(f, name)
         try:
             view, crcs = _read_fd(fd, use_mmap=use_mmap, name=name, limits=limits)
             return view, name, crcs
@@ -592,13 +596,7 @@ def _sandbox_input(f: object, *, use_mmap: bool, limits: Limits) -> Iterator[_St
 
     name = _name_of(f)
     if isinstance(f, (str, os.PathLike)):
-        try:
-            # O_NONBLOCK: a FIFO named like a model must be refused, not hang open().
-            fd = os.open(f, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-        except OSError as exc:
-            raise SourceError(
-                f"cannot open {name}", path=name, rule="source.open", detail=str(exc)
-            ) from None
+        fd = _open_path(f, name)
         try:
             before = _identity(fd, name)
             data, crcs = _read_fd(fd, use_mmap=use_mmap, name=name, limits=limits)
