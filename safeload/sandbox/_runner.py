@@ -169,24 +169,35 @@ def _open_inputs(
     return fds, opened, total
 
 
-_MAX_HINT_BYTES = 128 << 10
-"""CRC hints ride in the request, a single socket message (bounded by the socket buffer): past
-this size they are left out and the worker checks those CRCs by reading, as it would anyway."""
-
-
 def _input_entry(item: Path | SandboxInput) -> dict[str, Any]:
     if not isinstance(item, SandboxInput):
         path = Path(item)
         return {"name": path.name, "path": str(path.resolve())}
-    entry: dict[str, Any] = {
-        "name": item.name,
-        "path": "" if item.path is None else str(item.path),
-    }
-    if item.known_crcs:
-        hints = [[off, size, crc] for (off, size), crc in item.known_crcs.items()]
-        if len(json.dumps(hints)) <= _MAX_HINT_BYTES:
-            entry["crcs"] = hints
-    return entry
+    return {"name": item.name, "path": "" if item.path is None else str(item.path)}
+
+
+def _encode_request(request: dict[str, Any], inputs: Sequence[Path | SandboxInput]) -> bytes:
+    """The request, with as many CRC hints as fit in one message, the biggest members first.
+
+    The request is a single socket message of at most ``_worker.MAX_REQUEST`` bytes. Hints are
+    only a saving (a member without one is checked by the worker reading it), so a checkpoint
+    with thousands of members keeps the hints for its largest ones, which cost the most to
+    read, and the rest are left to the worker.
+    """
+    room = _worker.MAX_REQUEST - len(json.dumps(request)) - 64
+    for entry, item in zip(request["inputs"], inputs, strict=True):
+        if not isinstance(item, SandboxInput) or not item.known_crcs:
+            continue
+        kept: list[list[int]] = []
+        for (off, size), crc in sorted(item.known_crcs.items(), key=lambda h: -h[0][1]):
+            cost = len(f"[{off}, {size}, {crc}], ")
+            if cost > room:
+                break
+            kept.append([off, size, crc])
+            room -= cost
+        if kept:
+            entry["crcs"] = kept
+    return json.dumps(request).encode()
 
 
 @contextlib.contextmanager
@@ -644,7 +655,7 @@ def run_in_sandbox(
         prefetch = threading.Thread(target=maps.prefetch, args=(stop,), daemon=True,
                                     name="safeload-sandbox-prefetch")  # fmt: skip
         try:
-            worker.send(json.dumps(request).encode(), input_fds)
+            worker.send(_encode_request(request, inputs), input_fds)
             if maps.needs_prefetch:  # map the inputs while the worker parses them (we only wait)
                 prefetch.start()
             try:
